@@ -1,0 +1,142 @@
+"""Decompositions of ATen backward ops into forward ops that ONNX can express.
+
+Each function is named after its ATen op and documents the op's schema.  They are added to
+torch's core ATen decompositions and handed to make_fx, so the traced backward pass contains only ops
+that torch.onnx translates.  Parameters are frozen, so only input gradients are ever needed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch._decomp import core_aten_decompositions
+
+aten = torch.ops.aten
+REGISTRY: dict[torch._ops.OpOverload, Callable] = {}
+
+
+def register(op: torch._ops.OpOverload) -> Callable[[Callable], Callable]:
+    """Register `fn` as the decomposition of `op`."""
+
+    def wrap(fn: Callable) -> Callable:
+        if op in REGISTRY:
+            warnings.warn(f"decomposition of {op} registered twice; {fn.__name__} replaces the first", stacklevel=2)
+        REGISTRY[op] = fn
+        return fn
+
+    return wrap
+
+
+def decomposition_table() -> dict:
+    """torch's core ATen decompositions plus ours (ours win)."""
+    return {**core_aten_decompositions(), **REGISTRY}
+
+
+def _output_padding(grad: torch.Tensor, inp: torch.Tensor, kernel, stride, padding, dilation) -> list[int]:
+    """The output_padding that makes a transposed conv/pool map `grad` back to `inp`'s spatial size."""
+    pads = []
+    for i, (k, s, p, d) in enumerate(zip(kernel, stride, padding, dilation)):
+        covered = (grad.shape[2 + i] - 1) * s - 2 * p + d * (k - 1) + 1
+        pads.append(inp.shape[2 + i] - covered)
+    return pads
+
+
+@register(aten.convolution_backward.default)
+def aten_convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed,
+                              output_padding, groups, output_mask):
+    """convolution_backward(Tensor grad_output, Tensor input, Tensor weight, SymInt[]? bias_sizes,
+    SymInt[] stride, SymInt[] padding, SymInt[] dilation, bool transposed, SymInt[] output_padding,
+    SymInt groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)
+
+    The input gradient of a convolution is the transposed convolution with the same weight.
+    """
+    if transposed or output_mask[1] or output_mask[2]:
+        raise NotImplementedError("only the input gradient of a (non-transposed) convolution is decomposed")
+    pad = _output_padding(grad_output, input, weight.shape[2:], stride, padding, dilation)
+    grad_input = aten.convolution(grad_output, weight, None, stride, padding, dilation, True, pad, groups)
+    return grad_input, None, None
+
+
+@register(aten.max_pool2d_with_indices_backward.default)
+def aten_max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode,
+                                          indices):
+    """max_pool2d_with_indices_backward(Tensor grad_output, Tensor self, int[2] kernel_size, int[2] stride,
+    int[2] padding, int[2] dilation, bool ceil_mode, Tensor indices) -> Tensor
+
+    Adds each window's gradient into the input position its max came from.  Overlapping windows can
+    name one position twice, so the scatter must add (ScatterElements with reduction="add").
+    """
+    n, c, h, w = self.shape
+    flat = grad_output.reshape(n, c, -1)
+    grad_input = torch.zeros(n, c, h * w, dtype=grad_output.dtype, device=grad_output.device)
+    return grad_input.scatter_add(2, indices.reshape(n, c, -1), flat).reshape(n, c, h, w)
+
+
+@register(aten.avg_pool2d_backward.default)
+def aten_avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                             divisor_override):
+    """avg_pool2d_backward(Tensor grad_output, Tensor self, int[2] kernel_size, int[2] stride, int[2] padding,
+    bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor
+
+    Spreads each window's gradient evenly over the window: a depthwise transposed convolution with a
+    ones kernel, after dividing by the divisor the forward used for that window.
+    """
+    kernel, stride, padding = _pair(kernel_size), _pair(stride or kernel_size), _pair(padding)
+    (h, w), (oh, ow) = self.shape[2:], grad_output.shape[2:]
+    if divisor_override:
+        scaled = grad_output / divisor_override
+    else:
+        rows = _pool_extents(h, oh, kernel[0], stride[0], padding[0], count_include_pad, grad_output)
+        cols = _pool_extents(w, ow, kernel[1], stride[1], padding[1], count_include_pad, grad_output)
+        scaled = grad_output / (rows[:, None] * cols[None, :])
+    c = self.shape[1]
+    weight = torch.ones(c, 1, *kernel, dtype=grad_output.dtype)
+    full = aten.convolution(scaled, weight, None, stride, [0, 0], [1, 1], True, [0, 0], c)
+    # `full` covers the padded input from its top-left corner; ceil mode may leave it short or long.
+    short_h, short_w = max(0, padding[0] + h - full.shape[2]), max(0, padding[1] + w - full.shape[3])
+    full = torch.nn.functional.pad(full, [0, short_w, 0, short_h])
+    return full[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+def _pair(v) -> list[int]:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return v * 2 if len(v) == 1 else v
+
+
+def _pool_extents(size: int, out: int, k: int, s: int, p: int, count_include_pad: bool,
+                  like: torch.Tensor) -> torch.Tensor:
+    """Per output index, the window length along one axis that avg_pool2d divides by.
+
+    Built from arange rather than a tensor literal: constants created inside a decomposition do not
+    survive the re-trace of torch.onnx.export, ops on arange do (and ONNX Runtime folds them).
+    """
+    start = torch.arange(out, dtype=like.dtype) * s - p
+    end = torch.clamp(start + k, max=size + p)
+    if count_include_pad:
+        return end - start
+    return torch.clamp(end, max=size) - torch.clamp(start, min=0)
+
+
+@register(aten._adaptive_avg_pool2d_backward.default)
+def aten__adaptive_avg_pool2d_backward(grad_output, self):
+    """_adaptive_avg_pool2d_backward(Tensor grad_output, Tensor self) -> Tensor
+
+    Output cell i averages the input window [floor(i*H/oh), ceil((i+1)*H/oh)) along each axis, so the
+    gradient goes back through the per-axis averaging matrices: A_h^T @ grad @ A_w.
+    """
+    (h, w), (oh, ow) = self.shape[2:], grad_output.shape[2:]
+    rows = _adaptive_matrix(h, oh, grad_output.dtype)  # [oh, h]
+    cols = _adaptive_matrix(w, ow, grad_output.dtype)  # [ow, w]
+    return rows.t() @ grad_output @ cols
+
+
+def _adaptive_matrix(size: int, out: int, dtype: torch.dtype) -> torch.Tensor:
+    """[out, size]: row i averages [floor(i*size/out), ceil((i+1)*size/out)), built from arange (see
+    _pool_extents for why)."""
+    i = torch.arange(out)[:, None]
+    j = torch.arange(size)[None, :]
+    start, end = (i * size) // out, ((i + 1) * size + out - 1) // out
+    inside = (j >= start) & (j < end)
+    return inside.to(dtype) / (end - start).to(dtype)

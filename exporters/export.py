@@ -1,0 +1,162 @@
+"""export_explainer: a PyTorch classifier in, one ONNX file out that returns logits and maps in one run."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from exporters.errors import ExportError, UnsupportedOpError
+from exporters.layers import resolve_layers
+from exporters.methods import METHODS
+from exporters.trace import Traced, frozen, trace
+from exporters.validate import validate
+from onnx_explain import __version__
+from onnx_explain.metadata import GraphInfo, MapOutputs, write_info
+
+log = logging.getLogger(__name__)
+
+
+class _Joint(nn.Module):
+    """Holds the traced graph and its parameters, so torch.onnx.export sees an ordinary module."""
+
+    def __init__(self, traced: Traced) -> None:
+        super().__init__()
+        self.graph = traced.graph
+        self.names = list(traced.params)
+        for i, t in enumerate(traced.params.values()):
+            self.register_buffer(f"p{i}", t.detach().clone())
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor):
+        return self.graph({name: getattr(self, f"p{i}") for i, name in enumerate(self.names)}, images, targets)
+
+
+def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequence[int],
+                     layers: Sequence[str] = (), methods: Sequence[str] = ("saliency", "guided_backprop", "gradcam"),
+                     class_names: Sequence[str] | None = None, validate_export: bool = True) -> GraphInfo:
+    """Write one ONNX file that computes the logits and every requested method's map in a single run.
+
+    Inputs of the file: `images` float32 [N, C, H, W] (N dynamic) and `targets` int64 [N], where -1
+    explains the predicted class.  Outputs: `logits`, `explained_targets` (the classes explained), per method
+    `<method>.raw` / `<method>.heatmap` (input methods) or `<method>@<layer>.raw` / `.heatmap` (layer
+    methods), and `activation@<layer>` / `gradient@<layer>` at each tapped layer.
+
+    Args:
+        model: a classifier returning logits [N, classes]; it is traced in eval mode and left as it was.
+        path: where to write the .onnx file.
+        input_shape: [C, H, W] of one image.
+        layers: module names (as in model.named_modules()) for the layer methods (gradcam).
+        methods: names from exporters.METHODS.
+        class_names: optional, one per logit; stored in the file.
+        validate_export: compare ONNX Runtime (default optimisation level) with torch after export.
+
+    Returns:
+        The GraphInfo written into the file's metadata.
+
+    Raises:
+        ValueError: unknown method, bad input shape, or a layer method without layers.
+        LayerNotFoundError: a layer name that is not a module (close candidates are listed).
+        UnsupportedOpError: an op that cannot be differentiated or exported (named with its module).
+        ExportValidationError: ONNX Runtime disagrees with torch.
+
+    Example:
+        >>> from models.shapenet import load_shapenet
+        >>> export_explainer(load_shapenet(), "shapenet.onnx", input_shape=(3, 64, 64), layers=["features"])
+    """
+    chosen = _check_methods(methods)
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(f"input_shape must be [C, H, W] of one image, got {list(input_shape)}")
+    layer_names = [layers] if isinstance(layers, str) else list(layers)
+    if any(m.at == "layer" for m in chosen) and not layer_names:
+        raise ValueError(f"methods {[m.name for m in chosen if m.at == 'layer']} need layers=[...]: "
+                         "name the module(s) whose activations they explain")
+    with frozen(model):
+        tapped = resolve_layers(model, layer_names, input_shape) if any(m.at == "layer" for m in chosen) else {}
+        num_classes = _num_classes(model, input_shape)
+        traced = trace(model, input_shape, chosen, tapped)
+        proto = _to_onnx(traced)
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} outputs")
+    info = GraphInfo(
+        input_shape=input_shape, num_classes=num_classes,
+        class_names=tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes)),
+        maps=tuple(_map_outputs(chosen, tapped)), layers={k: v.shape for k, v in tapped.items()},
+        producer=f"onnx-explain {__version__}", opset=_opset(proto))
+    write_info(proto, info)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path))
+    if validate_export:
+        validate(path, traced)
+    return info
+
+
+def _check_methods(methods: Sequence[str]):
+    names = [methods] if isinstance(methods, str) else list(methods)
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown methods {unknown}; available: {sorted(METHODS)}")
+    return [METHODS[m] for m in dict.fromkeys(names)]
+
+
+def _num_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    with torch.no_grad():
+        out = model(torch.zeros(1, *input_shape))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model must return logits [N, classes]; it returned {got}")
+    return int(out.shape[1])
+
+
+def _map_outputs(chosen, tapped) -> list[MapOutputs]:
+    maps = []
+    for m in chosen:
+        for layer in ([None] if m.at == "input" else list(tapped)):
+            stem = m.name if layer is None else f"{m.name}@{layer}"
+            maps.append(MapOutputs(m.name, layer, f"{stem}.raw", f"{stem}.heatmap"))
+    return maps
+
+
+def _to_onnx(traced: Traced) -> onnx.ModelProto:
+    joint = _Joint(traced)
+    n = torch.export.Dim("N", min=1, max=65536)
+    images = torch.randn(2, *traced.input_shape)
+    targets = torch.full((2,), -1, dtype=torch.int64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                joint, (images, targets), dynamo=True, verbose=False, optimize=True,
+                input_names=["images", "targets"], output_names=traced.output_names,
+                dynamic_shapes={"images": {0: n}, "targets": {0: n}})
+    except Exception as e:  # torch.onnx raises several types; all mean the graph cannot be written
+        ops = _untranslatable(traced.graph, str(e))
+        if ops:
+            raise UnsupportedOpError(f"no ONNX translation for {'; '.join(ops)}") from e
+        raise ExportError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from e
+    return program.model_proto
+
+
+def _untranslatable(gm: torch.fx.GraphModule, error: str) -> list[str]:
+    """The graph's ops that the export error names, each with the module it came from."""
+    found = {}
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        if str(target) in error or target.name() in error:
+            stack = node.meta.get("nn_module_stack") or {}
+            module = next(reversed(stack.values()))[0] if stack else "<model>"
+            found.setdefault(str(target), f"{target} (from module {module!r})")
+    return list(found.values())
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -1,0 +1,49 @@
+"""Modified backward rules for ReLU, baked into the traced backward pass.
+
+Every ReLU, whether an nn.ReLU module, F.relu, torch.relu or an in-place variant, reaches autograd as
+aten.relu, whose backward is aten.threshold_backward.  Decomposing threshold_backward according to the
+rule in force while a backward pass is traced therefore rules every call site, not just nn.ReLU
+modules (captum's hooks miss functional calls), and lets one graph hold several backward passes with
+different rules over a single shared forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import torch
+
+from exporters.decompositions import aten, register
+
+RULES = ("plain", "guided", "deconvnet")
+_rule: contextvars.ContextVar[str] = contextvars.ContextVar("relu_rule", default="plain")
+
+
+@contextlib.contextmanager
+def relu_rule(name: str) -> Iterator[None]:
+    """Backward passes traced inside this block use the named ReLU rule."""
+    if name not in RULES:
+        raise ValueError(f"unknown ReLU rule {name!r}; expected one of {RULES}")
+    token = _rule.set(name)
+    try:
+        yield
+    finally:
+        _rule.reset(token)
+
+
+@register(aten.threshold_backward.default)
+def aten_threshold_backward(grad_output, self, threshold):
+    """threshold_backward(Tensor grad_output, Tensor self, Scalar threshold) -> Tensor
+
+    plain: grad where the unit was active (autograd's own rule).
+    guided (Springenberg et al.): and only where the incoming gradient is positive.
+    deconvnet (Zeiler & Fergus): the positive part of the incoming gradient, ignoring the forward mask.
+    """
+    rule = _rule.get()
+    if rule == "deconvnet":
+        return torch.relu(grad_output)
+    if rule == "guided":
+        grad_output = torch.relu(grad_output)
+    return torch.where(self <= threshold, torch.zeros_like(grad_output), grad_output)

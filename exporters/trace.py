@@ -1,0 +1,182 @@
+"""Tracing the joint forward + backward function of a model into one ATen-level FX graph."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from exporters.decompositions import decomposition_table
+from exporters.errors import UnsupportedOpError
+from exporters.layers import LayerInfo
+from exporters.methods import Method
+from exporters.rules import relu_rule
+
+TRACE_BATCH = 2  # a batch of 1 would let the tracer specialise N to a constant
+
+
+@dataclass
+class Traced:
+    """The traced graph, the parameters it takes first, and the names of its outputs in order."""
+
+    graph: torch.fx.GraphModule
+    params: dict[str, torch.Tensor]
+    output_names: list[str]
+    input_shape: tuple[int, ...]
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode with frozen parameters for the duration, restored afterwards even on error."""
+    training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        model.train(training)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _taps(model: nn.Module, deltas: dict[str, torch.Tensor], acts: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Adds deltas[name] (zeros) to each tapped layer's output and records the result.
+
+    The gradient with respect to a zero delta is the gradient at the layer's output, and the backward
+    pass of a vjp taken only with respect to the deltas stops at the layers.
+    """
+    modules = dict(model.named_modules())
+
+    def hook(name: str):
+        def add(_module, _inputs, output):
+            tapped = output + deltas[name]
+            acts[name] = tapped
+            return tapped
+
+        return add
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in deltas]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str, LayerInfo]):
+    """f(params, images, targets) -> outputs: the forward pass, the backward passes the methods need
+    (one per ReLU rule, sharing the forward), and the methods' heads."""
+    input_methods = [m for m in methods if m.at == "input"]
+    layer_methods = [m for m in methods if m.at == "layer"]
+
+    def f(params, images, targets):
+        n, size = images.shape[0], tuple(images.shape[2:])
+        deltas = {name: images.new_zeros((n, *info.shape)) for name, info in layers.items()}
+
+        def forward(x, d):
+            acts: dict[str, torch.Tensor] = {}
+            with _taps(model, d, acts):
+                logits = torch.func.functional_call(model, params, (x,))
+            return logits, acts
+
+        if input_methods:
+            logits, vjp_fn, acts = torch.func.vjp(forward, images, deltas, has_aux=True)
+        else:  # CAMs only: the backward pass stops at the layers
+            logits, vjp_fn, acts = torch.func.vjp(lambda d: forward(images, d), deltas, has_aux=True)
+        resolved = torch.where(targets < 0, logits.argmax(dim=1), targets)
+        cotangent = torch.nn.functional.one_hot(resolved, logits.shape[1]).to(logits.dtype)
+        grads = {}
+        # Layer outputs expose the plain gradient, so a graph with a layer method always has that pass.
+        for rule in sorted({m.rule for m in methods} | ({"plain"} if layer_methods else set())):
+            with relu_rule(rule):
+                grads[rule] = vjp_fn(cotangent)
+        out = {"logits": logits, "explained_targets": resolved}
+        for m in input_methods:
+            out[f"{m.name}.raw"], out[f"{m.name}.heatmap"] = m.head(images, grads[m.rule][0], size)
+        for name in layers:
+            if not layer_methods:
+                break
+            out[f"activation@{name}"] = acts[name]
+            out[f"gradient@{name}"] = grads["plain"][-1][name]
+            for m in layer_methods:
+                g = grads[m.rule][-1][name]
+                out[f"{m.name}@{name}.raw"], out[f"{m.name}@{name}.heatmap"] = m.head(acts[name], g, size)
+        return out
+
+    return f
+
+
+def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method],
+          layers: dict[str, LayerInfo]) -> Traced:
+    """Trace the joint function with a symbolic batch dimension; parameters become graph inputs."""
+    params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    f = joint_function(model, methods, layers)
+    images = torch.randn(TRACE_BATCH, *input_shape)
+    targets = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
+    origins = op_origins(model, images)
+    try:
+        names = list(f(params, images, targets))  # eager run: names the outputs and surfaces errors early
+        gm = make_fx(_as_tuple(f), decomposition_table=decomposition_table(), tracing_mode="symbolic",
+                     record_module_stack=True)(params, images, targets)
+    except (RuntimeError, NotImplementedError) as e:
+        raise UnsupportedOpError(_explain_trace_error(e, origins)) from e
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return Traced(gm, params, names, tuple(input_shape))
+
+
+def _as_tuple(f):
+    return lambda *args: tuple(f(*args).values())
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records, for each ATen op, the module path that first called it in an eager forward pass."""
+
+    def __init__(self, stack: list[str]) -> None:
+        super().__init__()
+        self.stack, self.origins = stack, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.origins.setdefault(func.overloadpacket.__name__, self.stack[-1] if self.stack else "")
+        return func(*args, **(kwargs or {}))
+
+
+def op_origins(model: nn.Module, images: torch.Tensor) -> dict[str, str]:
+    """{op name: "module path (ModuleType)"} from one eager forward pass."""
+    stack: list[str] = []
+    kinds = {name: type(m).__name__ for name, m in model.named_modules()}
+    handles = []
+    for name, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(lambda _m, _i, name=name: stack.append(name)))
+        handles.append(m.register_forward_hook(lambda *_: stack.pop()))
+    recorder = _OpRecorder(stack)
+    try:
+        with torch.no_grad(), recorder:
+            model(images)
+    except Exception:  # the trace that follows reports the real error with its context
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {op: f"'{path or '<root>'}' ({kinds.get(path, '?')})" for op, path in recorder.origins.items()}
+
+
+def _explain_trace_error(e: Exception, origins: dict[str, str]) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    ops = set(re.findall(r"aten[.:]+(\w+)", str(e))) | set(re.findall(r"derivative for (?:aten::)?(\w+)", str(e)))
+    where = []
+    for op in sorted(ops):
+        forward = op.removesuffix("_backward")
+        if forward in origins or op in origins:
+            where.append(f"aten.{op} (from module {origins.get(op) or origins[forward]})")
+    named = "; ".join(where) or ", ".join(f"aten.{op}" for op in sorted(ops)) or "an op of the model"
+    return f"cannot trace the backward pass: {named} cannot be differentiated or traced: {msg}"

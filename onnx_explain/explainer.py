@@ -1,0 +1,94 @@
+"""Explainer: one ONNX Runtime session over an exported explanation graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnx_explain.inputs import check_images, check_targets
+from onnx_explain.metadata import GraphInfo, read_info
+from onnx_explain.providers import resolve_providers
+from onnx_explain.result import Explanation, Map
+
+
+class Explainer:
+    """Computes logits and maps from a file written by exporters.export_explainer, without torch.
+
+    Args:
+        path: the exported .onnx file.
+        providers: ONNX Runtime execution providers ("cuda", "cpu" or full names); None puts CUDA first
+            when onnxruntime-gpu sees a GPU, else CPU.
+        session_options: passed to onnxruntime.InferenceSession.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a valid ONNX file, not an explanation graph, or an unavailable provider.
+
+    Example:
+        >>> explainer = Explainer("shapenet.onnx")
+        >>> result = explainer.explain(images, methods=["gradcam"])
+        >>> result["gradcam"].heatmap.shape  # [N, H, W]
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | str | None = None,
+                 session_options: ort.SessionOptions | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no explanation graph at {self.path}")
+        try:
+            model = onnx.load(str(self.path), load_external_data=False)
+        except Exception as e:  # protobuf raises its own DecodeError types
+            raise ValueError(f"{self.path} is not a valid ONNX file: {e}") from e
+        self.info: GraphInfo = read_info(model, str(self.path))
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options,
+                                                providers=resolve_providers(providers))
+        except ort.capi.onnxruntime_pybind11_state.Fail as e:
+            raise ValueError(f"ONNX Runtime cannot load {self.path}: {e}") from e
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.info.methods
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def explain(self, images: np.ndarray, methods: Sequence[str] | str | None = None,
+                targets: Sequence[int] | np.ndarray | int | None = None) -> Explanation:
+        """Explain a batch in one run of the graph.
+
+        Args:
+            images: float32 [N, C, H, W], preprocessed as the model expects.
+            methods: a subset of self.methods; None means all of them.
+            targets: int64 [N] classes to explain (-1: the predicted class), one int for all, or None.
+
+        Returns:
+            Explanation with .logits, .targets and result[method].heatmap / .raw.
+
+        Raises:
+            ValueError: wrong shape, dtype, NaN or inf in images; bad targets; unknown method.
+        """
+        images = check_images(images, self.info.input_shape)
+        targets = check_targets(targets, len(images), self.info.num_classes)
+        maps = self._select(methods)
+        names = ["logits", "explained_targets"] + [n for m in maps for n in (m.raw, m.heatmap)]
+        values = self.session.run(names, {"images": images, "targets": targets})
+        logits, explained, rest = values[0], values[1], values[2:]
+        result = {(m.method, m.layer): Map(m.method, m.layer, rest[2 * i + 1], rest[2 * i])
+                  for i, m in enumerate(maps)}
+        return Explanation(logits, explained, result, self.info.class_names)
+
+    def _select(self, methods):
+        if methods is None:
+            return list(self.info.maps)
+        wanted = [methods] if isinstance(methods, str) else list(methods)
+        unknown = [m for m in wanted if m not in self.info.methods]
+        if unknown:
+            raise ValueError(f"methods {unknown} are not in {self.path.name}; it was exported with "
+                             f"{list(self.info.methods)} (export again with the methods you need)")
+        return [m for m in self.info.maps if m.method in wanted]

@@ -1,0 +1,42 @@
+"""Checks at the API edge: bad images or targets get a ValueError that says what was expected."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def check_images(images: object, input_shape: Sequence[int]) -> np.ndarray:
+    """float32 [N, C, H, W] matching the graph's [C, H, W], finite."""
+    expected = f"float32 [N, {', '.join(map(str, input_shape))}]"
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"images must be a numpy array {expected}, got {type(images).__name__}")
+    if images.dtype != np.float32:
+        raise ValueError(f"images must be {expected}, got dtype {images.dtype} "
+                         "(convert with .astype(np.float32), scaled as the model expects)")
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(input_shape) or images.shape[0] == 0:
+        hint = "; add a batch axis with images[None]" if images.shape == tuple(input_shape) else ""
+        raise ValueError(f"images must be {expected}, got shape {list(images.shape)}{hint}")
+    if not np.isfinite(images).all():
+        bad = int((~np.isfinite(images)).any(axis=(1, 2, 3)).sum())
+        raise ValueError(f"images contain NaN or inf values ({bad} of {len(images)} images); expected finite values")
+    return np.ascontiguousarray(images)
+
+
+def check_targets(targets: object, n: int, num_classes: int) -> np.ndarray:
+    """None (explain the predicted class), one class for all, or int64 [N]; -1 means predicted."""
+    if targets is None:
+        return np.full(n, -1, dtype=np.int64)
+    arr = np.asarray(targets)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"targets must be integer class indices, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        arr = np.full(n, int(arr), dtype=np.int64)
+    if arr.shape != (n,):
+        raise ValueError(f"targets must be int64 [N] = [{n}] (one class per image, -1 for the predicted "
+                         f"class), got shape {list(arr.shape)}")
+    bad = arr[(arr < -1) | (arr >= num_classes)]
+    if bad.size:
+        raise ValueError(f"targets {bad.tolist()} out of range; expected -1 (predicted class) or 0..{num_classes - 1}")
+    return arr.astype(np.int64)

@@ -1,0 +1,58 @@
+"""What Explainer.explain returns: logits, the classes explained and one map per method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Map:
+    """One method's explanation of a batch.
+
+    heatmap: float32 [N, H, W] in [0, 1] at input resolution.
+    raw: the method's own quantity before reduction and normalisation (the signed input gradient
+        [N, C, H, W] for saliency and guided backprop; ReLU(sum_k w_k A_k) [N, h, w] for gradcam).
+    """
+
+    method: str
+    layer: str | None
+    heatmap: np.ndarray
+    raw: np.ndarray
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """logits [N, classes]; targets int64 [N], the classes explained; maps keyed by (method, layer)."""
+
+    logits: np.ndarray
+    targets: np.ndarray
+    maps: dict[tuple[str, str | None], Map]
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m for m, _ in self.maps))
+
+    def __getitem__(self, key: str | tuple[str, str]) -> Map:
+        """result["gradcam"], or result["gradcam", "layer4"] when the graph taps several layers."""
+        if isinstance(key, tuple):
+            if key in self.maps:
+                return self.maps[key]
+            raise KeyError(f"no map for {key}; this result has {sorted(self.maps, key=str)}")
+        found = [m for (name, _), m in self.maps.items() if name == key]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise KeyError(f"no map for method {key!r}; this result has {list(self.methods)}")
+        layers = [m.layer for m in found]
+        raise KeyError(f"method {key!r} was computed at layers {layers}; ask for result[{key!r}, layer]")
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.methods or key in self.maps
+
+    @property
+    def labels(self) -> list[str]:
+        """The class name of each explained target."""
+        return [self.class_names[t] if t < len(self.class_names) else str(t) for t in self.targets]

@@ -70,5 +70,5 @@ def gradcam(activation: torch.Tensor, grad: torch.Tensor, size: tuple[int, int])
     """Selvaraju et al.: w_k = mean_ij dy/dA_k, map = ReLU(sum_k w_k A_k)."""
     weights = grad.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * activation).sum(dim=1))
-    # pytorch-grad-cam scales at layer resolution, then resizes; the same order keeps parity.
-    return cam, upsample(normalize(cam), size)
+    # pytorch-grad-cam scales at layer resolution, resizes, then scales again; the same steps keep parity.
+    return cam, normalize(upsample(normalize(cam), size))

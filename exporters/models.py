@@ -1,0 +1,43 @@
+"""Models the command line can export by name: the shipped ShapeNet, torchvision classifiers, saved modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# The last feature map of each torchvision family, the usual Grad-CAM layer.
+_TORCHVISION_LAYERS = {"resnet": "layer4", "resnext": "layer4", "wide_resnet": "layer4", "vgg": "features",
+                       "mobilenet": "features", "densenet": "features", "efficientnet": "features",
+                       "squeezenet": "features", "convnext": "features", "regnet": "trunk_output"}
+
+
+def load_model(spec: str) -> tuple[nn.Module, tuple[int, int, int], list[str], list[str] | None]:
+    """(model, input shape, default CAM layers, class names) for 'shapenet', a torchvision model name
+    (random weights: nothing is downloaded) or a file written by torch.save(model)."""
+    if spec == "shapenet":
+        from models.shapenet import INPUT_SHAPE, TARGET_LAYER, load_shapenet
+        from models.shapes import CLASSES
+
+        return load_shapenet(), INPUT_SHAPE, [TARGET_LAYER], list(CLASSES)
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved model at {path}")
+        model = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{path} holds a {type(model).__name__}, not a module saved with torch.save(model) "
+                             "(a state_dict needs its model class: export it from Python)")
+        return model, (3, 224, 224), [], None
+    try:
+        import torchvision
+    except ImportError as e:
+        raise ImportError("exporting a torchvision model by name needs torchvision (pip install torchvision)") from e
+    names = torchvision.models.list_models(module=torchvision.models)
+    if spec not in names:
+        raise ValueError(f"unknown model {spec!r}: expected 'shapenet', a saved module file, or a torchvision "
+                         f"classifier such as {', '.join(n for n in ('resnet18', 'vgg11_bn', 'mobilenet_v2') if n in names)}")
+    model = torchvision.models.get_model(spec, weights=None)
+    layer = next((v for k, v in _TORCHVISION_LAYERS.items() if spec.startswith(k)), None)
+    return model, (3, 224, 224), [layer] if layer else [], None

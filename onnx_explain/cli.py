@@ -1,0 +1,95 @@
+"""The onnx-explain command line: demo, export and explain, each a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from onnx_explain.explainer import Explainer
+from onnx_explain.progress import progress
+from onnx_explain.render import load_image, overlay, save_png, to_rgb8
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="onnx-explain", description="Explain image classifiers in ONNX Runtime.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="export the shipped ShapeNet, explain held-out images, write an HTML page")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
+    demo.add_argument("--images", type=int, default=16, help="held-out images to show (default: 16)")
+    demo.add_argument("--score-images", type=int, default=200,
+                      help="held-out images for the pointing-game score (default: 200)")
+
+    exp = sub.add_parser("export", help="export a model's explanation graph to ONNX (needs onnx-explain[export])")
+    exp.add_argument("model", help="'shapenet' (the shipped model), a torchvision model name, or a file saved "
+                                   "with torch.save(model)")
+    exp.add_argument("output", type=Path, help="the .onnx file to write")
+    exp.add_argument("--layers", nargs="*", default=None, help="module names for the CAM methods")
+    exp.add_argument("--methods", nargs="+", default=None, help="methods to export (default: all available)")
+    exp.add_argument("--input-shape", nargs=3, type=int, default=None, metavar=("C", "H", "W"),
+                     help="one image's shape (default: 3 64 64 for shapenet, 3 224 224 otherwise)")
+
+    ex = sub.add_parser("explain", help="explain image files with an exported graph and write overlays")
+    ex.add_argument("model", type=Path, help="an .onnx file written by `onnx-explain export`")
+    ex.add_argument("images", nargs="+", type=Path, help="image files (any format OpenCV reads)")
+    ex.add_argument("--out", type=Path, default=Path("explain-out"), help="output folder (default: explain-out)")
+    ex.add_argument("--methods", nargs="+", default=None, help="methods to run (default: all in the file)")
+    ex.add_argument("--target", type=int, default=-1, help="class to explain (default -1: the predicted class)")
+    ex.add_argument("--mean", nargs=3, type=float, default=None, help="per-channel mean to subtract")
+    ex.add_argument("--std", nargs=3, type=float, default=None, help="per-channel std to divide by")
+    ex.add_argument("--providers", nargs="+", default=None, help="execution providers, e.g. cuda cpu")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from onnx_explain.demo import run_demo
+
+            run_demo(args.out, n_show=args.images, n_score=args.score_images)
+        elif args.command == "export":
+            _export(args)
+        else:
+            _explain(args)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"onnx-explain {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _export(args: argparse.Namespace) -> None:
+    from exporters import METHODS, export_explainer
+    from exporters.models import load_model
+
+    model, default_shape, default_layers, class_names = load_model(args.model)
+    layers = args.layers if args.layers is not None else default_layers
+    methods = args.methods or sorted(METHODS)
+    info = export_explainer(model, args.output, input_shape=args.input_shape or default_shape, layers=layers,
+                            methods=methods, class_names=class_names)
+    print(f"wrote {args.output}: methods {list(info.methods)}, layers {list(info.layers)}, "
+          f"input [N, {', '.join(map(str, info.input_shape))}]")
+
+
+def _explain(args: argparse.Namespace) -> None:
+    explainer = Explainer(args.model, providers=args.providers)
+    shape = explainer.info.input_shape
+    for path in progress(args.images, len(args.images), "explaining"):
+        image = load_image(path, shape[1:])
+        x = image
+        if args.mean is not None:
+            x = x - np.asarray(args.mean, np.float32)[:, None, None]
+        if args.std is not None:
+            x = x / np.asarray(args.std, np.float32)[:, None, None]
+        result = explainer.explain(x[None].astype(np.float32), methods=args.methods, targets=args.target)
+        for (method, layer), m in result.maps.items():
+            name = f"{path.stem}.{method}" + (f"@{layer}" if layer else "") + ".png"
+            save_png(args.out / name, overlay(image, m.heatmap[0]))
+        save_png(args.out / f"{path.stem}.input.png", to_rgb8(image))
+        print(f"{path}: class {result.labels[0]} (logit {result.logits[0, result.targets[0]]:.3f})")
+    print(f"overlays in {args.out.resolve()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

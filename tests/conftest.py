@@ -1,0 +1,76 @@
+"""Shared fixtures: each model is exported once per test run and reused by every test that needs it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+SIZE = 64  # small inputs keep the suite fast; every tested architecture still downsamples to >= 2x2
+CAM_LAYERS = {"resnet18": "layer4", "vgg11_bn": "features", "mobilenet_v2": "features",
+              "densenet121": "features", "efficientnet_b0": "features", "mobilenet_v3_small": "features",
+              "squeezenet1_1": "features", "convnext_tiny": "features", "vgg11": "features", "shapenet": "features"}
+ALL_METHODS = ("saliency", "guided_backprop", "gradcam")
+
+
+def make_model(name: str) -> torch.nn.Module:
+    """A seeded, randomly initialised model in eval mode (nothing is downloaded)."""
+    if name == "shapenet":
+        from models.shapenet import load_shapenet
+
+        return load_shapenet()
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+    _randomize_batchnorm(model)
+    return model
+
+
+def _randomize_batchnorm(model: torch.nn.Module) -> None:
+    # Fresh BN statistics (mean 0, var 1) make eval-mode BN an identity; random ones exercise the fold.
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+
+
+class Exported:
+    """An exported model, its torch original, and an Explainer over the file."""
+
+    def __init__(self, name: str, directory) -> None:
+        from exporters import export_explainer
+        from onnx_explain import Explainer
+
+        self.name, self.model = name, make_model(name)
+        self.layer = CAM_LAYERS[name]
+        self.path = directory / f"{name}.onnx"
+        classes = list(__import__("models.shapes").shapes.CLASSES) if name == "shapenet" else None
+        self.info = export_explainer(self.model, self.path, input_shape=(3, SIZE, SIZE), layers=[self.layer],
+                                     methods=ALL_METHODS, class_names=classes)
+        self.explainer = Explainer(self.path, providers="cpu")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """exported(name) -> Exported, built on first use and cached for the session."""
+    cache: dict[str, Exported] = {}
+    directory = tmp_path_factory.mktemp("exported")
+
+    def get(name: str) -> Exported:
+        if name not in cache:
+            cache[name] = Exported(name, directory)
+        return cache[name]
+
+    return get
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, SIZE, SIZE)).astype(np.float32)
+
+
+def max_rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    """Max absolute difference relative to the reference's largest magnitude."""
+    scale = max(float(np.abs(want).max()), 1e-12)
+    return float(np.abs(got.astype(np.float64) - want).max() / scale)

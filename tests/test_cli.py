@@ -1,0 +1,40 @@
+"""The command line: the README's demo, export and explain, and its errors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.shapes import TEST_SEED, make_shapes
+from onnx_explain.cli import main
+from onnx_explain.render import save_png, to_rgb8
+
+
+def test_demo_writes_page_and_scores(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--images", "3", "--score-images", "64"]) == 0
+    printed = capsys.readouterr().out
+    page = (out / "index.html").read_text()
+    for method in ("saliency", "guided_backprop", "gradcam"):
+        assert f"{method}" in page and (out / f"002.{method}.png").is_file()
+        line = next(ln for ln in printed.splitlines() if ln.strip().startswith(method))
+        assert 0.0 <= float(line.split()[-1]) <= 1.0
+    assert "pointing game" in printed and str(out.resolve()) in printed
+
+
+def test_export_then_explain(tmp_path, capsys):
+    model = tmp_path / "shapenet.onnx"
+    assert main(["export", "shapenet", str(model), "--methods", "gradcam", "saliency"]) == 0
+    data = make_shapes(2, TEST_SEED)
+    files = [save_png(tmp_path / f"img{i}.png", to_rgb8(img)) for i, img in enumerate(data.images)]
+    out = tmp_path / "maps"
+    assert main(["explain", str(model), *map(str, files), "--out", str(out), "--methods", "gradcam"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["img0.gradcam@features.png", "img0.input.png",
+                                                     "img1.gradcam@features.png", "img1.input.png"]
+    assert "class" in capsys.readouterr().out
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["explain", str(tmp_path / "none.onnx"), "x.png"]) == 2
+    assert "error: no explanation graph" in capsys.readouterr().err
+    assert main(["export", "resnet19", str(tmp_path / "m.onnx")]) == 2
+    assert "unknown model 'resnet19'" in capsys.readouterr().err

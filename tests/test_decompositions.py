@@ -1,0 +1,102 @@
+"""Each backward-op decomposition against torch's own kernel, case by case, and the ReLU rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exporters import rules
+from exporters.decompositions import REGISTRY, aten
+
+torch.manual_seed(0)
+
+
+def _conv_case(n, c, h, w, out_c, k, stride, padding, dilation, groups):
+    x = torch.randn(n, c, h, w)
+    weight = torch.randn(out_c, c // groups, k, k)
+    y = aten.convolution(x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], groups)
+    args = (torch.randn_like(y), x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0],
+            groups, [True, False, False])
+    return args, lambda out: out[0]
+
+
+def _max_pool_case(h, w, k, stride, padding, ceil_mode, relu_first=False):
+    x = torch.randn(2, 3, h, w)
+    if relu_first:  # ties at zero: the gradient must go to the one index torch picked
+        x = torch.relu(x)
+    y, idx = aten.max_pool2d_with_indices(x, [k, k], [stride, stride], [padding, padding], [1, 1], ceil_mode)
+    return (torch.randn_like(y), x, [k, k], [stride, stride], [padding, padding], [1, 1], ceil_mode, idx), None
+
+
+def _avg_pool_case(h, w, k, stride, padding, ceil_mode, count_include_pad, divisor_override=None):
+    x = torch.randn(2, 3, h, w)
+    y = aten.avg_pool2d(x, [k, k], [stride, stride], [padding, padding], ceil_mode, count_include_pad,
+                        divisor_override)
+    return (torch.randn_like(y), x, [k, k], [stride, stride], [padding, padding], ceil_mode, count_include_pad,
+            divisor_override), None
+
+
+def _adaptive_case(h, w, oh, ow):
+    x = torch.randn(2, 3, h, w)
+    return (torch.randn(2, 3, oh, ow), x), None
+
+
+CASES = {
+    aten.convolution_backward.default: {
+        "3x3 same": _conv_case(2, 4, 9, 9, 6, 3, 1, 1, 1, 1),
+        "stride 2, odd size": _conv_case(2, 4, 11, 10, 6, 3, 2, 1, 1, 1),
+        "7x7 stride 2 pad 3": _conv_case(1, 3, 32, 32, 8, 7, 2, 3, 1, 1),
+        "depthwise": _conv_case(2, 8, 9, 9, 8, 3, 2, 1, 1, 8),
+        "grouped, dilated": _conv_case(2, 4, 12, 12, 8, 3, 1, 2, 2, 2),
+        "1x1": _conv_case(2, 4, 5, 5, 3, 1, 1, 0, 1, 1),
+    },
+    aten.max_pool2d_with_indices_backward.default: {
+        "3x3 stride 2 pad 1 (resnet)": _max_pool_case(16, 16, 3, 2, 1, False),
+        "overlapping after relu": _max_pool_case(15, 15, 3, 2, 1, False, relu_first=True),
+        "2x2 stride 2 (vgg)": _max_pool_case(16, 16, 2, 2, 0, False),
+        "ceil mode (squeezenet)": _max_pool_case(15, 13, 3, 2, 0, True),
+    },
+    aten.avg_pool2d_backward.default: {
+        "2x2 stride 2 (densenet)": _avg_pool_case(16, 16, 2, 2, 0, False, True),
+        "3x3 pad 1 include pad": _avg_pool_case(9, 9, 3, 2, 1, False, True),
+        "3x3 pad 1 exclude pad": _avg_pool_case(9, 9, 3, 2, 1, False, False),
+        "ceil mode": _avg_pool_case(10, 11, 3, 2, 1, True, True),
+        "ceil mode exclude pad": _avg_pool_case(10, 11, 3, 2, 0, True, False),
+        "divisor override": _avg_pool_case(8, 8, 2, 2, 0, False, True, 3),
+    },
+    aten._adaptive_avg_pool2d_backward.default: {
+        "to 1x1": _adaptive_case(7, 7, 1, 1),
+        "uneven windows": _adaptive_case(10, 9, 4, 3),
+        "upsampling (vgg at small inputs)": _adaptive_case(2, 2, 7, 7),
+    },
+    aten.threshold_backward.default: {
+        "plain rule": ((torch.randn(2, 3, 5, 5), torch.relu(torch.randn(2, 3, 5, 5)), 0.0), None),
+    },
+}
+
+
+def test_every_decomposition_is_tested():
+    assert set(REGISTRY) == set(CASES), f"untested decompositions: {set(REGISTRY) - set(CASES)}"
+
+
+@pytest.mark.parametrize(("op", "case"), [(op, case) for op, cases in CASES.items() for case in cases],
+                         ids=lambda v: str(v))
+def test_decomposition_matches_torch(op, case):
+    args, pick = CASES[op][case]
+    want, got = op(*args), REGISTRY[op](*args)
+    if pick:
+        want, got = pick(want), pick(got)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_relu_rules():
+    grad, out = torch.randn(4, 6), torch.relu(torch.randn(4, 6))
+    with rules.relu_rule("guided"):
+        guided = REGISTRY[aten.threshold_backward.default](grad, out, 0.0)
+    with rules.relu_rule("deconvnet"):
+        deconv = REGISTRY[aten.threshold_backward.default](grad, out, 0.0)
+    torch.testing.assert_close(guided, grad.clamp(min=0) * (out > 0))
+    torch.testing.assert_close(deconv, grad.clamp(min=0))
+    with pytest.raises(ValueError, match="unknown ReLU rule"):
+        with rules.relu_rule("nope"):
+            pass

@@ -1,0 +1,132 @@
+"""The runtime on the shipped model: the result, dynamic batch, properties of the maps, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from models.shapes import CLASSES, TEST_SEED, make_shapes
+from onnx_explain import Explainer, overlay, pointing_hits
+
+
+@pytest.fixture(scope="module")
+def shapenet(exported):
+    return exported("shapenet")
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return make_shapes(48, TEST_SEED)
+
+
+def test_result_shapes_and_ranges(shapenet, held_out):
+    result = shapenet.explainer.explain(held_out.images[:5])
+    assert result.logits.shape == (5, len(CLASSES)) and result.targets.dtype == np.int64
+    assert set(result.methods) == {"saliency", "guided_backprop", "gradcam"}
+    for method in result.methods:
+        heat = result[method].heatmap
+        assert heat.shape == (5, 64, 64) and heat.dtype == np.float32
+        assert heat.min() >= 0.0 and heat.max() <= 1.0 + 1e-6
+    assert result["saliency"].raw.shape == (5, 3, 64, 64)
+    assert result["gradcam"].raw.shape == (5, 16, 16)
+    assert result["gradcam", "features"] is result["gradcam"]
+    assert result.labels == [CLASSES[t] for t in result.targets]
+
+
+def test_dynamic_batch_gives_the_same_maps(shapenet, held_out):
+    whole = shapenet.explainer.explain(held_out.images[:7])
+    for i in (0, 6):
+        single = shapenet.explainer.explain(held_out.images[i:i + 1])
+        np.testing.assert_allclose(single["gradcam"].heatmap[0], whole["gradcam"].heatmap[i], atol=1e-5)
+        np.testing.assert_allclose(single.logits[0], whole.logits[i], rtol=1e-5, atol=1e-5)
+
+
+def test_maps_are_not_frozen(shapenet, held_out):
+    """Maps depend on the image and on the target class (not folded from the export example)."""
+    a = shapenet.explainer.explain(held_out.images[:2])
+    for method in a.methods:
+        assert np.abs(a[method].heatmap[0] - a[method].heatmap[1]).max() > 0.1
+    one_class = [shapenet.explainer.explain(held_out.images[:1], targets=[t]) for t in range(len(CLASSES))]
+    for method in ("saliency", "gradcam"):
+        maps = [r[method].raw[0] for r in one_class]
+        assert any(np.abs(maps[0] - m).max() > 1e-3 * np.abs(maps[0]).max() for m in maps[1:])
+
+
+def test_flat_input_and_zero_gradient_give_finite_maps(shapenet):
+    flat = np.full((2, 3, 64, 64), 0.5, np.float32)
+    result = shapenet.explainer.explain(flat)
+    for method in result.methods:
+        assert np.isfinite(result[method].heatmap).all()
+    # A class whose gradient at the layer is zero everywhere: gradcam raw is all zero, heatmap 0 not NaN.
+    zeros = np.zeros((1, 3, 64, 64), np.float32)
+    assert np.isfinite(shapenet.explainer.explain(zeros)["gradcam"].heatmap).all()
+
+
+def test_shipped_model_points_at_the_objects(shapenet, held_out):
+    result = shapenet.explainer.explain(held_out.images)
+    assert (result.targets == held_out.labels).mean() >= 0.95
+    assert pointing_hits(result["gradcam"].heatmap, held_out.boxes).mean() >= 0.9
+
+
+def test_overlay(held_out):
+    heat = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    out = overlay(held_out.images[0], heat, alpha=0.4)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    small = overlay(held_out.images[0], heat[::4, ::4])
+    assert small.shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(held_out.images[0], heat, alpha=2)
+
+
+@pytest.mark.parametrize(("images", "message"), [
+    (np.zeros((2, 3, 32, 32), np.float32), r"float32 \[N, 3, 64, 64\], got shape \[2, 3, 32, 32\]"),
+    (np.zeros((3, 64, 64), np.float32), r"images\[None\]"),
+    (np.zeros((1, 3, 64, 64), np.float64), "got dtype float64"),
+    (np.zeros((1, 3, 64, 64), np.uint8), "got dtype uint8"),
+    ([[1.0]], "numpy array"),
+])
+def test_bad_images(shapenet, images, message):
+    with pytest.raises(ValueError, match=message):
+        shapenet.explainer.explain(images)
+
+
+def test_nan_and_inf_images(shapenet):
+    x = np.zeros((3, 3, 64, 64), np.float32)
+    x[1, 0, 5, 5] = np.nan
+    x[2, 1, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or inf values \(2 of 3 images\)"):
+        shapenet.explainer.explain(x)
+
+
+@pytest.mark.parametrize(("targets", "message"), [
+    ([4, 0], r"targets \[4\] out of range; expected -1 \(predicted class\) or 0..3"),
+    ([-2, 0], "out of range"),
+    ([0], r"one class per image"),
+    ([0.5, 1.0], "integer class indices"),
+])
+def test_bad_targets(shapenet, targets, message):
+    with pytest.raises(ValueError, match=message):
+        shapenet.explainer.explain(np.zeros((2, 3, 64, 64), np.float32), targets=targets)
+
+
+def test_unknown_method(shapenet):
+    with pytest.raises(ValueError, match=r"methods \['lime'\] are not in shapenet.onnx"):
+        shapenet.explainer.explain(np.zeros((1, 3, 64, 64), np.float32), methods=["lime"])
+
+
+def test_bad_files(tmp_path, shapenet):
+    with pytest.raises(FileNotFoundError, match="no explanation graph"):
+        Explainer(tmp_path / "missing.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(ValueError, match="not a valid ONNX file"):
+        Explainer(corrupt)
+    plain = onnx.load(str(shapenet.path))
+    del plain.metadata_props[:]
+    stripped = tmp_path / "plain.onnx"
+    onnx.save(plain, str(stripped))
+    with pytest.raises(ValueError, match="not an onnx-explain explanation graph"):
+        Explainer(stripped)
+    with pytest.raises(ValueError, match="not available"):
+        Explainer(shapenet.path, providers=["NoSuchExecutionProvider"])

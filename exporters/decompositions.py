@@ -65,13 +65,38 @@ def aten_max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride
     """max_pool2d_with_indices_backward(Tensor grad_output, Tensor self, int[2] kernel_size, int[2] stride,
     int[2] padding, int[2] dilation, bool ceil_mode, Tensor indices) -> Tensor
 
-    Adds each window's gradient into the input position its max came from.  Overlapping windows can
-    name one position twice, so the scatter must add (ScatterElements with reduction="add").
+    Sends each window's gradient to the first maximum of the window, found again from `self` rather
+    than read from `indices`: ONNX Runtime's NCHWc layout rewrite (ORT_ENABLE_ALL, the default)
+    corrupted the gradient of some images when it was scattered by MaxPool's Indices output.  The
+    window taps are k*k strided slices; a transposed convolution with one-hot kernels adds each tap's
+    gradient back at its offset, so overlapping windows add as scatter-add would.
     """
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride or kernel_size)
+    (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)
     n, c, h, w = self.shape
-    flat = grad_output.reshape(n, c, -1)
-    grad_input = torch.zeros(n, c, h * w, dtype=grad_output.dtype, device=grad_output.device)
-    return grad_input.scatter_add(2, indices.reshape(n, c, -1), flat).reshape(n, c, h, w)
+    oh, ow = grad_output.shape[2:]
+    span_h, span_w = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    padded = torch.nn.functional.pad(self, [pw, max(0, span_w - w - pw), ph, max(0, span_h - h - ph)],
+                                     value=float("-inf"))
+    taps = [padded[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            for i in range(kh) for j in range(kw)]
+    first_max = torch.stack(taps, dim=2).argmax(dim=2, keepdim=True)  # ties go to the first, as in torch
+    offsets = torch.arange(kh * kw).reshape(1, 1, kh * kw, 1, 1)
+    routed = torch.where(offsets == first_max, grad_output[:, :, None], torch.zeros_like(grad_output[:, :, None]))
+    one_hot_kernels = (torch.arange(kh * kw)[:, None] == torch.arange(kh * kw)[None, :]).to(grad_output.dtype)
+    weight = one_hot_kernels.reshape(kh * kw, 1, kh, kw)
+    full = aten.convolution(routed.reshape(n * c, kh * kw, oh, ow), weight, None, [sh, sw], [0, 0], [dh, dw],
+                            True, [0, 0], 1)
+    return _crop_padded(full, (ph, pw), (h, w)).reshape(n, c, h, w)
+
+
+def _crop_padded(full: torch.Tensor, padding: list[int], size: tuple[int, int]) -> torch.Tensor:
+    """The input's region of a gradient laid out over the padded input from its top-left corner; ceil
+    mode may leave `full` short of the bottom/right edge (those positions get no gradient) or past it."""
+    (ph, pw), (h, w) = padding, size
+    short_h, short_w = max(0, ph + h - full.shape[2]), max(0, pw + w - full.shape[3])
+    full = torch.nn.functional.pad(full, [0, short_w, 0, short_h])
+    return full[:, :, ph:ph + h, pw:pw + w]
 
 
 @register(aten.avg_pool2d_backward.default)
@@ -94,10 +119,7 @@ def aten_avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ce
     c = self.shape[1]
     weight = torch.ones(c, 1, *kernel, dtype=grad_output.dtype)
     full = aten.convolution(scaled, weight, None, stride, [0, 0], [1, 1], True, [0, 0], c)
-    # `full` covers the padded input from its top-left corner; ceil mode may leave it short or long.
-    short_h, short_w = max(0, padding[0] + h - full.shape[2]), max(0, padding[1] + w - full.shape[3])
-    full = torch.nn.functional.pad(full, [0, short_w, 0, short_h])
-    return full[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+    return _crop_padded(full, padding, (h, w))
 
 
 def _pair(v) -> list[int]:

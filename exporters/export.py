@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,24 +138,32 @@ def _to_onnx(traced: Traced) -> onnx.ModelProto:
                 input_names=["images", "targets"], output_names=traced.output_names,
                 dynamic_shapes={"images": {0: n}, "targets": {0: n}})
     except Exception as e:  # torch.onnx raises several types; all mean the graph cannot be written
-        ops = _untranslatable(traced.graph, str(e))
+        ops = _untranslatable(traced, _chain_text(e))
         if ops:
             raise UnsupportedOpError(f"no ONNX translation for {'; '.join(ops)}") from e
         raise ExportError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from e
     return program.model_proto
 
 
-def _untranslatable(gm: torch.fx.GraphModule, error: str) -> list[str]:
+def _chain_text(e: BaseException | None) -> str:
+    text = []
+    while e is not None:
+        text.append(str(e))
+        e = e.__cause__ or e.__context__
+    return "\n".join(text)
+
+
+def _untranslatable(traced: Traced, error: str) -> list[str]:
     """The graph's ops that the export error names, each with the module it came from."""
     found = {}
-    for node in gm.graph.nodes:
+    for node in traced.graph.graph.nodes:
         target = node.target
         if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
             continue
-        if str(target) in error or target.name() in error:
-            stack = node.meta.get("nn_module_stack") or {}
-            module = next(reversed(stack.values()))[0] if stack else "<model>"
-            found.setdefault(str(target), f"{target} (from module {module!r})")
+        name = target.overloadpacket.__name__
+        if re.search(rf"[.:]{re.escape(name)}\b", error):
+            where = traced.origins.get(name, "'<model>'")
+            found.setdefault(str(target), f"{target} (from module {where})")
     return list(found.values())
 
 

@@ -29,6 +29,7 @@ class Traced:
     params: dict[str, torch.Tensor]
     output_names: list[str]
     input_shape: tuple[int, ...]
+    origins: dict[str, str]  # ATen op name -> the module that first called it
 
 
 @contextlib.contextmanager
@@ -131,7 +132,7 @@ def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method
         raise UnsupportedOpError(_explain_trace_error(e, origins)) from e
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    return Traced(gm, params, names, tuple(input_shape))
+    return Traced(gm, params, names, tuple(input_shape), origins)
 
 
 def _as_tuple(f):
@@ -154,10 +155,19 @@ def op_origins(model: nn.Module, images: torch.Tensor) -> dict[str, str]:
     """{op name: "module path (ModuleType)"} from one eager forward pass."""
     stack: list[str] = []
     kinds = {name: type(m).__name__ for name, m in model.named_modules()}
+
+    def enter(name: str):
+        def hook(_module, _inputs) -> None:
+            stack.append(name)
+
+        return hook
+
+    def leave(_module, _inputs, _output) -> None:  # returning anything would replace the output
+        stack.pop()
+
     handles = []
     for name, m in model.named_modules():
-        handles.append(m.register_forward_pre_hook(lambda _m, _i, name=name: stack.append(name)))
-        handles.append(m.register_forward_hook(lambda *_: stack.pop()))
+        handles += [m.register_forward_pre_hook(enter(name)), m.register_forward_hook(leave)]
     recorder = _OpRecorder(stack)
     try:
         with torch.no_grad(), recorder:
@@ -171,12 +181,13 @@ def op_origins(model: nn.Module, images: torch.Tensor) -> dict[str, str]:
 
 
 def _explain_trace_error(e: Exception, origins: dict[str, str]) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    ops = set(re.findall(r"aten[.:]+(\w+)", str(e))) | set(re.findall(r"derivative for (?:aten::)?(\w+)", str(e)))
+    text = str(e).strip()
+    msg = text.splitlines()[0] if text else type(e).__name__
+    ops = set(re.findall(r"aten[.:]+(\w+)", text)) | set(re.findall(r"derivative for '?(?:aten::)?(\w+)", text))
     where = []
     for op in sorted(ops):
         forward = op.removesuffix("_backward")
-        if forward in origins or op in origins:
-            where.append(f"aten.{op} (from module {origins.get(op) or origins[forward]})")
-    named = "; ".join(where) or ", ".join(f"aten.{op}" for op in sorted(ops)) or "an op of the model"
+        known = next((k for k in origins if k in (op, forward) or k.endswith("_" + forward)), None)
+        where.append(f"aten.{known} (from module {origins[known]})" if known else f"aten.{op}")
+    named = "; ".join(where) or "an op of the model"
     return f"cannot trace the backward pass: {named} cannot be differentiated or traced: {msg}"

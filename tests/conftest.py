@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -49,7 +50,10 @@ class Exported:
         classes = list(__import__("models.shapes").shapes.CLASSES) if name == "shapenet" else None
         self.info = export_explainer(self.model, self.path, input_shape=(3, SIZE, SIZE), layers=[self.layer],
                                      methods=ALL_METHODS, class_names=classes)
-        self.explainer = Explainer(self.path, providers="cpu")
+        self.explainer = Explainer(self.path, providers="cpu")  # ONNX Runtime's default optimisation level
+        exact = ort.SessionOptions()
+        exact.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.exact = Explainer(self.path, providers="cpu", session_options=exact)  # graph rewrites off
 
 
 @pytest.fixture(scope="session")

@@ -20,12 +20,13 @@ def _conv_case(n, c, h, w, out_c, k, stride, padding, dilation, groups):
     return args, lambda out: out[0]
 
 
-def _max_pool_case(h, w, k, stride, padding, ceil_mode, relu_first=False):
+def _max_pool_case(h, w, k, stride, padding, ceil_mode, relu_first=False, dilation=1):
     x = torch.randn(2, 3, h, w)
     if relu_first:  # ties at zero: the gradient must go to the one index torch picked
         x = torch.relu(x)
-    y, idx = aten.max_pool2d_with_indices(x, [k, k], [stride, stride], [padding, padding], [1, 1], ceil_mode)
-    return (torch.randn_like(y), x, [k, k], [stride, stride], [padding, padding], [1, 1], ceil_mode, idx), None
+    pool = ([k, k], [stride, stride], [padding, padding], [dilation, dilation], ceil_mode)
+    y, idx = aten.max_pool2d_with_indices(x, *pool)
+    return (torch.randn_like(y), x, *pool, idx), None
 
 
 def _avg_pool_case(h, w, k, stride, padding, ceil_mode, count_include_pad, divisor_override=None):
@@ -55,6 +56,9 @@ CASES = {
         "overlapping after relu": _max_pool_case(15, 15, 3, 2, 1, False, relu_first=True),
         "2x2 stride 2 (vgg)": _max_pool_case(16, 16, 2, 2, 0, False),
         "ceil mode (squeezenet)": _max_pool_case(15, 13, 3, 2, 0, True),
+        "ceil mode, padded": _max_pool_case(10, 11, 3, 2, 1, True),
+        "dilated": _max_pool_case(12, 12, 2, 1, 0, False, dilation=2),
+        "all ties": ((torch.ones(1, 2, 4, 4),) and _max_pool_case(4, 4, 2, 2, 0, False, relu_first=True)),
     },
     aten.avg_pool2d_backward.default: {
         "2x2 stride 2 (densenet)": _avg_pool_case(16, 16, 2, 2, 0, False, True),

@@ -1,0 +1,100 @@
+"""The exporter's errors name what was wrong and what exists; its metadata describes the file."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from exporters import LayerNotFoundError, UnsupportedOpError, export_explainer
+from onnx_explain.metadata import read_info
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5)).eval()
+
+
+class _Odd(nn.Module):
+    def forward(self, x):
+        return torch.nextafter(x, x + 1)  # differentiable in torch, but no ONNX translation
+
+
+class _Zeta(nn.Module):
+    def forward(self, x):
+        return torch.special.zeta(x.abs() + 1, torch.tensor(2.0))  # no derivative formula in torch
+
+
+class _Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act, self.head = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.act(self.act(self.conv(x))).mean((2, 3)))
+
+
+def test_metadata_describes_the_file(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    info = export_explainer(_tiny(), path, input_shape=(3, 16, 16), layers=["3"], methods=["gradcam", "saliency"],
+                            class_names=list("abcde"))
+    read = read_info(onnx.load(str(path)), "tiny.onnx")
+    assert read == info
+    assert read.methods == ("gradcam", "saliency") and read.layers == {"3": (8, 8, 8)}
+    assert read.class_names == tuple("abcde") and read.input_shape == (3, 16, 16) and read.opset >= 18
+    outputs = {o.name for o in onnx.load(str(path)).graph.output}
+    assert outputs == {"logits", "explained_targets", "saliency.raw", "saliency.heatmap", "gradcam@3.raw",
+                       "gradcam@3.heatmap", "activation@3", "gradient@3"}
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["images", "targets"]
+
+
+def test_model_is_left_as_it_was(tmp_path):
+    model = _tiny().train()
+    export_explainer(model, tmp_path / "t.onnx", input_shape=(3, 16, 16), methods=["saliency"])
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_unknown_layer_lists_candidates(tmp_path):
+    with pytest.raises(LayerNotFoundError, match=r"layer 'layer40' is not a module of .*did you mean 'layer4.0', 'layer4'"):
+        import torchvision
+
+        export_explainer(torchvision.models.resnet18(), tmp_path / "r.onnx", input_shape=(3, 32, 32),
+                         layers=["layer40"], methods=["gradcam"])
+
+
+def test_shared_layer_is_refused(tmp_path):
+    with pytest.raises(LayerNotFoundError, match="runs 2 times per forward pass"):
+        export_explainer(_Shared(), tmp_path / "s.onnx", input_shape=(3, 8, 8), layers=["act"], methods=["gradcam"])
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown methods \['lime'\]; available: \['gradcam'"):
+        export_explainer(_tiny(), tmp_path / "t.onnx", input_shape=(3, 16, 16), methods=["lime"])
+    with pytest.raises(ValueError, match=r"need layers=\[...\]"):
+        export_explainer(_tiny(), tmp_path / "t.onnx", input_shape=(3, 16, 16), methods=["gradcam"])
+    with pytest.raises(ValueError, match=r"input_shape must be \[C, H, W\]"):
+        export_explainer(_tiny(), tmp_path / "t.onnx", input_shape=(16, 16), methods=["saliency"])
+    with pytest.raises(ValueError, match="class_names has 2 names but the model has 5 outputs"):
+        export_explainer(_tiny(), tmp_path / "t.onnx", input_shape=(3, 16, 16), methods=["saliency"],
+                         class_names=["a", "b"])
+    with pytest.raises(LayerNotFoundError, match=r"\(Linear\) outputs \(1, 5\); CAM methods need"):
+        export_explainer(_tiny(), tmp_path / "t.onnx", input_shape=(3, 16, 16), layers=["7"], methods=["gradcam"])
+
+
+def _with(block: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), block, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+
+
+def test_op_without_onnx_translation_is_named_with_its_module(tmp_path):
+    with pytest.raises(UnsupportedOpError, match=r"no ONNX translation for aten.nextafter.default "
+                                                 r"\(from module '1' \(_Odd\)\)"):
+        export_explainer(_with(_Odd()), tmp_path / "o.onnx", input_shape=(3, 8, 8), methods=["saliency"])
+
+
+def test_op_without_derivative_is_named_with_its_module(tmp_path):
+    with pytest.raises(UnsupportedOpError, match=r"aten.special_zeta \(from module '1' \(_Zeta\)\) cannot be "
+                                                 r"differentiated"):
+        export_explainer(_with(_Zeta()), tmp_path / "z.onnx", input_shape=(3, 8, 8), methods=["saliency"])

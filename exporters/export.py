@@ -134,7 +134,7 @@ def _to_onnx(traced: Traced) -> onnx.ModelProto:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                joint, (images, targets), dynamo=True, verbose=False, optimize=True,
+                joint, (images, targets), dynamo=True, verbose=False, optimize=False,  # ORT optimises at load; onnxscript took minutes on densenet
                 input_names=["images", "targets"], output_names=traced.output_names,
                 dynamic_shapes={"images": {0: n}, "targets": {0: n}})
     except Exception as e:  # torch.onnx raises several types; all mean the graph cannot be written

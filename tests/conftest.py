@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -51,9 +50,6 @@ class Exported:
         self.info = export_explainer(self.model, self.path, input_shape=(3, SIZE, SIZE), layers=[self.layer],
                                      methods=ALL_METHODS, class_names=classes)
         self.explainer = Explainer(self.path, providers="cpu")  # ONNX Runtime's default optimisation level
-        exact = ort.SessionOptions()
-        exact.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self.exact = Explainer(self.path, providers="cpu", session_options=exact)  # graph rewrites off
 
 
 @pytest.fixture(scope="session")

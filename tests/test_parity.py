@@ -1,11 +1,12 @@
-"""Parity of every method with its reference, per (model x method x batch x target).
+"""Parity of every method with its reference, per (model x method), over batch 1 and 4 and predicted
+and explicit targets, in ONNX Runtime at its default optimisation level.
 
-Each case runs the same file twice.  With ONNX Runtime's graph rewrites off, `raw` must be within RTOL
-(1e-4) of the reference's largest magnitude: the graph computes the reference's quantity.  At the
-default optimisation level (what servers run), the rewrites round differently and can flip a ReLU whose
-pre-activation lies within rounding of zero, which moves the backward pass through that unit; there
-the bound is DEFAULT_RTOL.  Measured here: at most 1e-6 with rewrites off; at the default level
-1e-6 on most cases, up to 8.5e-3 (vgg11_bn) and 7e-3 (densenet121) where a unit flipped.
+Tolerance: `raw` within RTOL (1e-4) of the reference's largest magnitude, per image, on at least
+EXACT_SHARE of the images; every image within KINK_RTOL.  The second bound exists because float32
+rounding differs between ONNX Runtime and torch, and a pre-activation within rounding of zero can
+fall on the other side of a ReLU (or a max-pool tie go the other way), which changes the backward pass
+through that unit (see exporters/validate.py).  Measured: 1 image in 16 moves on vgg11_bn and
+resnet18, by at most about 1e-2; every other image matches to about 1e-6.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import numpy as np
 import pytest
 import references
 import torch
-from conftest import images, max_rel_error
+from conftest import images
 
-RTOL = 1e-4
-DEFAULT_RTOL = 2e-2
+from exporters import METHODS
+from exporters.validate import KINK_RTOL, RTOL, per_image_errors
+
+EXACT_SHARE = 0.8
 HEATMAP_ATOL = 1e-4
 MODELS = ["resnet18", "vgg11_bn", "mobilenet_v2", "densenet121", "efficientnet_b0"]
+CASES = [(1, "predicted"), (1, "explicit"), (4, "predicted"), (4, "explicit")]
 # captum's GuidedBackprop rules nn.ReLU modules only; densenet121 also calls F.relu in forward(), so its
 # reference rules every ReLU call site (as our exporter does).
 CAPTUM_MISSES_RELUS = {"densenet121"}
@@ -37,36 +41,44 @@ def _reference(method: str, e, x: np.ndarray, targets: np.ndarray) -> np.ndarray
     raise AssertionError(f"no reference for {method}")
 
 
+REFERENCED = ("saliency", "guided_backprop", "gradcam")
+
+
+def test_every_method_has_a_reference():
+    assert set(METHODS) == set(REFERENCED), f"methods without a parity test: {set(METHODS) - set(REFERENCED)}"
+
+
 def _targets(kind: str, n: int) -> np.ndarray:
     return np.full(n, -1, np.int64) if kind == "predicted" else (np.arange(n) * 3 % 10).astype(np.int64)
 
 
-@pytest.mark.parametrize("target_kind", ["predicted", "explicit"])
-@pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("method", ["saliency", "guided_backprop", "gradcam"])
+@pytest.mark.parametrize("method", REFERENCED)
 @pytest.mark.parametrize("model", MODELS)
-def test_raw_matches_reference(exported, model, method, batch, target_kind):
+def test_raw_matches_reference(exported, model, method):
     e = exported(model)
-    x, targets = images(batch, seed=batch), _targets(target_kind, batch)
-    result = e.explainer.explain(x, methods=[method], targets=targets)
-    exact = e.exact.explain(x, methods=[method], targets=targets)
-    logits = e.model(torch.from_numpy(x)).detach().numpy()
-    resolved = np.where(targets < 0, logits.argmax(1), targets)
-    np.testing.assert_array_equal(result.targets, resolved)
-    assert max_rel_error(result.logits, logits) <= RTOL
-    want = _reference(method, e, x, resolved)
-    assert exact[method].raw.shape == want.shape
-    assert max_rel_error(exact[method].raw, want) <= RTOL
-    assert max_rel_error(result[method].raw, want) <= DEFAULT_RTOL
+    errors = []
+    for batch, kind in CASES:
+        x, targets = images(batch, seed=batch), _targets(kind, batch)
+        result = e.explainer.explain(x, methods=[method], targets=targets)
+        logits = e.model(torch.from_numpy(x)).detach().numpy()
+        resolved = np.where(targets < 0, logits.argmax(1), targets)
+        np.testing.assert_array_equal(result.targets, resolved)
+        assert per_image_errors(result.logits, logits).max() <= RTOL
+        want = _reference(method, e, x, resolved)
+        assert result[method].raw.shape == want.shape
+        errors.extend(per_image_errors(result[method].raw, want))
+    errors = np.array(errors)
+    assert errors.max() <= KINK_RTOL, f"per-image errors {errors}"
+    assert (errors <= RTOL).mean() >= EXACT_SHARE, f"per-image errors {errors}"
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_gradcam_heatmap_matches_pytorch_grad_cam(exported, model):
     e = exported(model)
-    x = images(2, seed=7)
-    result = e.exact.explain(x, methods=["gradcam"])
+    x = images(4, seed=7)
+    result = e.explainer.explain(x, methods=["gradcam"])
     want = references.gradcam_heatmap(e.model, e.layer, x, result.targets)
     got = result["gradcam"].heatmap
-    assert got.shape == want.shape == (2, 64, 64)
-    assert np.abs(got - want).max() <= HEATMAP_ATOL
-    assert np.abs(e.explainer.explain(x, methods=["gradcam"])["gradcam"].heatmap - want).max() <= DEFAULT_RTOL
+    assert got.shape == want.shape == (4, 64, 64)
+    errors = np.abs(got - want).reshape(4, -1).max(axis=1)
+    assert errors.max() <= KINK_RTOL and (errors <= HEATMAP_ATOL).mean() >= 0.75, errors

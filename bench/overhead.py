@@ -75,10 +75,10 @@ def bench_model(name: str, batches: list[int], size: int, repeats: int, workdir:
         explainers[method] = Explainer(path, providers="cpu")
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-        base = median_time(lambda: plain.run(None, {"images": x}), repeats)
+        base = median_time(lambda x=x: plain.run(None, {"images": x}), repeats)
         print(f"\n{name}, batch {batch}, {size}x{size}, CPU: plain ORT forward {base * 1e3:.1f} ms (median)")
         for method, ex in explainers.items():
-            t = median_time(lambda ex=ex, method=method: ex.explain(x, methods=[method]), repeats)
+            t = median_time(lambda ex=ex, method=method, x=x: ex.explain(x, methods=[method]), repeats)
             print(f"  onnx-explain {method:<16} {t / base:6.2f}x")
         targets = [int(i) for i in plain.run(None, {"images": x})[0].argmax(1)]
         for label, fn in reference_runs(model, torch.from_numpy(x), targets).items():

@@ -37,7 +37,7 @@ def decomposition_table() -> dict:
 def _output_padding(grad: torch.Tensor, inp: torch.Tensor, kernel, stride, padding, dilation) -> list[int]:
     """The output_padding that makes a transposed conv/pool map `grad` back to `inp`'s spatial size."""
     pads = []
-    for i, (k, s, p, d) in enumerate(zip(kernel, stride, padding, dilation)):
+    for i, (k, s, p, d) in enumerate(zip(kernel, stride, padding, dilation, strict=True)):
         covered = (grad.shape[2 + i] - 1) * s - 2 * p + d * (k - 1) + 1
         pads.append(inp.shape[2 + i] - covered)
     return pads

@@ -8,7 +8,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -134,7 +133,8 @@ def _to_onnx(traced: Traced) -> onnx.ModelProto:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                joint, (images, targets), dynamo=True, verbose=False, optimize=False,  # ORT optimises at load; onnxscript took minutes on densenet
+                # optimize=False: ONNX Runtime optimises at load, and onnxscript's optimiser took minutes on densenet
+                joint, (images, targets), dynamo=True, verbose=False, optimize=False,
                 input_names=["images", "targets"], output_names=traced.output_names,
                 dynamic_shapes={"images": {0: n}, "targets": {0: n}})
     except Exception as e:  # torch.onnx raises several types; all mean the graph cannot be written

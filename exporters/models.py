@@ -37,7 +37,7 @@ def load_model(spec: str) -> tuple[nn.Module, tuple[int, int, int], list[str], l
     names = torchvision.models.list_models(module=torchvision.models)
     if spec not in names:
         raise ValueError(f"unknown model {spec!r}: expected 'shapenet', a saved module file, or a torchvision "
-                         f"classifier such as {', '.join(n for n in ('resnet18', 'vgg11_bn', 'mobilenet_v2') if n in names)}")
+                         "classifier name such as resnet18, vgg11_bn or mobilenet_v2")
     model = torchvision.models.get_model(spec, weights=None)
     layer = next((v for k, v in _TORCHVISION_LAYERS.items() if spec.startswith(k)), None)
     return model, (3, 224, 224), [layer] if layer else [], None

@@ -62,7 +62,7 @@ def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(traced.output_names, {"images": images.numpy(), "targets": targets.numpy()})
     problems = []
-    for name, want, have in zip(traced.output_names, expected, got):
+    for name, want, have in zip(traced.output_names, expected, got, strict=True):
         if name in ("logits", "explained_targets"):
             error = per_image_errors(have, want).max() if have.shape == want.shape else np.inf
             problem = None if error <= RTOL else f"{name}: max error {error:.2e} (allowed {RTOL:.0e})"
@@ -72,4 +72,5 @@ def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
             problems.append(problem)
     if problems:
         raise ExportValidationError(f"{path} disagrees with torch in ONNX Runtime: " + "; ".join(problems))
-    return {name: float(per_image_errors(h, w).max()) for name, w, h in zip(traced.output_names, expected, got)}
+    pairs = zip(traced.output_names, expected, got, strict=True)
+    return {name: float(per_image_errors(have, want).max()) for name, want, have in pairs}

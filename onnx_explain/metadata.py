@@ -44,7 +44,7 @@ class GraphInfo:
     def from_json(cls, text: str) -> GraphInfo:
         data = json.loads(text)
         if data.pop("format", None) != FORMAT:
-            raise ValueError(f"explanation graph metadata has an unknown format; this onnx-explain reads format {FORMAT}")
+            raise ValueError(f"explanation graph metadata has an unknown format; this version reads format {FORMAT}")
         data["maps"] = tuple(MapOutputs(**m) for m in data["maps"])
         data["layers"] = {k: tuple(v) for k, v in data["layers"].items()}
         return cls(**{**data, "input_shape": tuple(data["input_shape"]), "class_names": tuple(data["class_names"])})

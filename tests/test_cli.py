@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from models.shapes import TEST_SEED, make_shapes
 from onnx_explain.cli import main
 from onnx_explain.render import save_png, to_rgb8

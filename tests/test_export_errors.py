@@ -58,9 +58,9 @@ def test_model_is_left_as_it_was(tmp_path):
 
 
 def test_unknown_layer_lists_candidates(tmp_path):
-    with pytest.raises(LayerNotFoundError, match=r"layer 'layer40' is not a module of .*did you mean 'layer4.0', 'layer4'"):
-        import torchvision
+    import torchvision
 
+    with pytest.raises(LayerNotFoundError, match=r"'layer40' is not a module of .*did you mean 'layer4.0', 'layer4'"):
         export_explainer(torchvision.models.resnet18(), tmp_path / "r.onnx", input_shape=(3, 32, 32),
                          layers=["layer40"], methods=["gradcam"])
 

@@ -1,0 +1,27 @@
+"""More torchvision classifiers: each exports (the exporter validates it against torch in ONNX Runtime)
+and its saliency agrees with torch autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import references
+import torch
+from conftest import images
+
+from exporters.validate import agreement_problem
+
+MORE_MODELS = ["vgg11", "mobilenet_v3_small", "squeezenet1_1", "convnext_tiny"]
+
+
+@pytest.mark.parametrize("model", MORE_MODELS)
+def test_exports_and_matches_autograd(exported, model):
+    e = exported(model)
+    x = images(4, seed=3)
+    result = e.explainer.explain(x, methods=["saliency", "gradcam"])
+    logits = e.model(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_array_equal(result.targets, logits.argmax(1))
+    saliency = references.saliency(e.model, x, result.targets)
+    assert agreement_problem("saliency", result["saliency"].raw, saliency) is None
+    gradcam = references.gradcam_raw(e.model, e.layer, x, result.targets)
+    assert agreement_problem("gradcam", result["gradcam"].raw, gradcam) is None

@@ -122,6 +122,17 @@ def aten_avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ce
     return _crop_padded(full, padding, (h, w))
 
 
+@register(aten.empty_permuted.default)
+def aten_empty_permuted(size, physical_layout, *, dtype=None, layout=None, device=None, pin_memory=None):
+    """empty_permuted(SymInt[] size, int[] physical_layout, *, ScalarType? dtype=None, Layout? layout=None,
+    Device? device=None, bool? pin_memory=None) -> Tensor
+
+    The memory layout is invisible in ONNX and the values are unset, so zeros of the logical size serve
+    (seen in the backward of efficientnet's SiLU).
+    """
+    return torch.zeros(size, dtype=dtype or torch.float32, device=device)
+
+
 def _pair(v) -> list[int]:
     v = list(v) if isinstance(v, (list, tuple)) else [v]
     return v * 2 if len(v) == 1 else v

@@ -4,9 +4,10 @@ Float32 maps of a ReLU network cannot match across runtimes everywhere: ONNX Run
 graph rewrites (MLAS convolutions, the NCHWc layout transform, fusions) sum in another order than
 torch, and a pre-activation within rounding of zero can land on the other side of a ReLU kink (or a
 max-pool tie can go the other way); the backward pass through that unit then changes.  Measured on
-random-weight torchvision nets at 64x64: 1 image in 16 on vgg11_bn and resnet18 moves, by up to 1e-2
-of the map's largest magnitude; every other image matches to 1e-6.  So the check is per image: every
-image within KINK_RTOL, and most images within RTOL, which a wrong translation cannot pass.
+random-weight torchvision nets at 64x64: 1 image in 16 moves on vgg11_bn and resnet18, 4 in 10 on
+densenet121 (BN then ReLU in every layer), by up to 2e-2 of the map's largest magnitude; every other
+image matches to 1e-6.  So the check is per image: every image within KINK_RTOL, and a share of the
+images within RTOL, which a wrong translation (every image off) cannot pass.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import torch
 from exporters.errors import ExportValidationError
 from exporters.trace import Traced
 
-VALIDATION_BATCH = 4  # differs from the trace batch, so a batch size baked into the graph is caught
+VALIDATION_BATCH = 8  # differs from the trace batch, so a batch size baked into the graph is caught
 RTOL = 1e-4  # of each image's largest magnitude in the reference
 KINK_RTOL = 5e-2
-EXACT_SHARE = 0.5  # of the images that must be within RTOL
+EXACT_SHARE = 0.25  # of the images that must be within RTOL (densenet121 at 4 in 10 moved: 1% false alarms)
 
 
 def per_image_errors(got: np.ndarray, want: np.ndarray) -> np.ndarray:
@@ -59,7 +60,9 @@ def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
     targets = torch.tensor([-1] + [0] * (VALIDATION_BATCH - 1), dtype=torch.int64)
     with torch.no_grad():
         expected = [t.numpy() for t in traced.graph(traced.params, images, targets)]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # see onnx_explain.Explainer
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     got = session.run(traced.output_names, {"images": images.numpy(), "targets": targets.numpy()})
     problems = []
     for name, want, have in zip(traced.output_names, expected, got, strict=True):

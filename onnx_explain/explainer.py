@@ -44,6 +44,10 @@ class Explainer:
         except Exception as e:  # protobuf raises its own DecodeError types
             raise ValueError(f"{self.path} is not a valid ONNX file: {e}") from e
         self.info: GraphInfo = read_info(model, str(self.path))
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            # ORT warns that it cannot constant-fold CastLike nodes of exported graphs; harmless, so quiet.
+            session_options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), session_options,
                                                 providers=resolve_providers(providers))

@@ -65,9 +65,14 @@ def guided_backprop_every_relu(model, images: np.ndarray, targets: np.ndarray) -
 
 @contextlib.contextmanager
 def _capture(module: torch.nn.Module, store: dict):
+    """The layer's output tensor and the gradient with respect to it, as pytorch-grad-cam takes them: a
+    tensor hook registered at forward time sees d score / d output even if the model later modifies the
+    output in place (torchvision densenet applies F.relu in place to `features`), while the stored
+    tensor shows the values as the model left them."""
+
     def hook(_m, _i, out):
-        out.retain_grad()
         store["act"] = out
+        out.register_hook(lambda grad: store.__setitem__("grad", grad))
 
     handle = module.register_forward_hook(hook)
     try:
@@ -83,7 +88,7 @@ def gradcam_raw(model, layer: str, images: np.ndarray, targets: np.ndarray) -> n
     with _capture(dict(model.named_modules())[layer], store), torch.enable_grad():
         logits = model(x)
         logits.gather(1, torch.from_numpy(targets)[:, None]).sum().backward()
-    act, grad = store["act"].detach(), store["act"].grad
+    act, grad = store["act"].detach(), store["grad"]
     return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(1)).numpy()
 
 

@@ -73,6 +73,9 @@ CASES = {
         "uneven windows": _adaptive_case(10, 9, 4, 3),
         "upsampling (vgg at small inputs)": _adaptive_case(2, 2, 7, 7),
     },
+    aten.empty_permuted.default: {
+        "channels last": (([2, 3, 4, 5], [0, 2, 3, 1]), lambda out: torch.tensor(out.shape)),  # values are unset
+    },
     aten.threshold_backward.default: {
         "plain rule": ((torch.randn(2, 3, 5, 5), torch.relu(torch.randn(2, 3, 5, 5)), 0.0), None),
     },

@@ -50,13 +50,29 @@ def aten_convolution_backward(grad_output, input, weight, bias_sizes, stride, pa
     SymInt[] stride, SymInt[] padding, SymInt[] dilation, bool transposed, SymInt[] output_padding,
     SymInt groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)
 
-    The input gradient of a convolution is the transposed convolution with the same weight.
+    The input gradient of a convolution is the transposed convolution with the same weight.  With
+    stride 1 it is also an ordinary convolution with the weight flipped in space and its in/out
+    channels swapped per group, which ONNX Runtime runs several times faster than ConvTranspose (its
+    NCHWc kernels apply); the flipped weight is a constant that it folds at load.
     """
     if transposed or output_mask[1] or output_mask[2]:
         raise NotImplementedError("only the input gradient of a (non-transposed) convolution is decomposed")
-    pad = _output_padding(grad_output, input, weight.shape[2:], stride, padding, dilation)
+    kernel = weight.shape[2:]
+    full_pad = [d * (k - 1) - p for k, p, d in zip(kernel, padding, dilation, strict=True)]
+    if all(s == 1 for s in stride) and min(full_pad) >= 0:
+        grad_input = aten.convolution(grad_output, _flipped(weight, groups), None, [1] * len(kernel), full_pad,
+                                      dilation, False, [0] * len(kernel), groups)
+        return grad_input, None, None
+    pad = _output_padding(grad_output, input, kernel, stride, padding, dilation)
     grad_input = aten.convolution(grad_output, weight, None, stride, padding, dilation, True, pad, groups)
     return grad_input, None, None
+
+
+def _flipped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """[out, in/g, *k] -> [in, out/g, *k], spatially flipped: the kernel of the adjoint convolution."""
+    out_c, in_per_group, *kernel = weight.shape
+    w = weight.reshape(groups, out_c // groups, in_per_group, *kernel).transpose(1, 2)
+    return w.reshape(groups * in_per_group, out_c // groups, *kernel).flip(list(range(2, 2 + len(kernel))))
 
 
 @register(aten.max_pool2d_with_indices_backward.default)
@@ -82,7 +98,7 @@ def aten_max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride
             for i in range(kh) for j in range(kw)]
     first_max = torch.stack(taps, dim=2).argmax(dim=2, keepdim=True)  # ties go to the first, as in torch
     offsets = torch.arange(kh * kw).reshape(1, 1, kh * kw, 1, 1)
-    routed = torch.where(offsets == first_max, grad_output[:, :, None], torch.zeros_like(grad_output[:, :, None]))
+    routed = grad_output[:, :, None] * (offsets == first_max).to(grad_output.dtype)  # Mul: faster than Where in ORT
     one_hot_kernels = (torch.arange(kh * kw)[:, None] == torch.arange(kh * kw)[None, :]).to(grad_output.dtype)
     weight = one_hot_kernels.reshape(kh * kw, 1, kh, kw)
     full = aten.convolution(routed.reshape(n * c, kh * kw, oh, ow), weight, None, [sh, sw], [0, 0], [dh, dw],

@@ -48,6 +48,8 @@ CASES = {
         "stride 2, odd size": _conv_case(2, 4, 11, 10, 6, 3, 2, 1, 1, 1),
         "7x7 stride 2 pad 3": _conv_case(1, 3, 32, 32, 8, 7, 2, 3, 1, 1),
         "depthwise": _conv_case(2, 8, 9, 9, 8, 3, 2, 1, 1, 8),
+        "depthwise stride 1": _conv_case(2, 8, 9, 9, 8, 3, 1, 1, 1, 8),
+        "grouped, stride 1, more outputs": _conv_case(2, 4, 7, 7, 8, 5, 1, 2, 1, 2),
         "grouped, dilated": _conv_case(2, 4, 12, 12, 8, 3, 1, 2, 2, 2),
         "1x1": _conv_case(2, 4, 5, 5, 3, 1, 1, 0, 1, 1),
     },

@@ -181,6 +181,19 @@ def aten__adaptive_avg_pool2d_backward(grad_output, self):
     return rows.t() @ grad_output @ cols
 
 
+@register(aten._adaptive_avg_pool2d.default)
+def aten__adaptive_avg_pool2d(self, output_size):
+    """_adaptive_avg_pool2d(Tensor self, SymInt[2] output_size) -> Tensor
+
+    A_h @ x @ A_w^T with the averaging matrices.  ATen's composite adaptive_avg_pool2d restrides a 1x1
+    result to the input's memory format with as_strided_, which on channels-last activations
+    (convnext) leaves an as_strided_scatter in the backward that ONNX cannot express; that composite
+    runs above the decomposition table, so trace.py routes F.adaptive_avg_pool2d here.
+    """
+    (h, w), (oh, ow) = self.shape[-2:], output_size
+    return _adaptive_matrix(h, oh, self.dtype) @ self @ _adaptive_matrix(w, ow, self.dtype).t()
+
+
 def _adaptive_matrix(size: int, out: int, dtype: torch.dtype) -> torch.Tensor:
     """[out, size]: row i averages [floor(i*size/out), ceil((i+1)*size/out)), built from arange (see
     _pool_extents for why)."""

@@ -8,11 +8,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from exporters.decompositions import decomposition_table
+from exporters.decompositions import aten__adaptive_avg_pool2d, decomposition_table
 from exporters.errors import UnsupportedOpError
 from exporters.layers import LayerInfo
 from exporters.methods import Method
@@ -46,6 +48,18 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(training)
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+class _PlainAdaptivePool(TorchFunctionMode):
+    """Routes F.adaptive_avg_pool2d to the matrix form (see aten__adaptive_avg_pool2d)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.adaptive_avg_pool2d:
+            x, size = args[0], args[1] if len(args) > 1 else (kwargs or {})["output_size"]
+            size = [size, size] if isinstance(size, int) else [x.shape[-2 + i] if s is None else s
+                                                               for i, s in enumerate(size)]
+            return aten__adaptive_avg_pool2d(x, size)
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
@@ -85,7 +99,7 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
 
         def forward(x, d):
             acts: dict[str, torch.Tensor] = {}
-            with _taps(model, d, acts):
+            with _taps(model, d, acts), _PlainAdaptivePool():
                 logits = torch.func.functional_call(model, params, (x,))
             return logits, acts
 

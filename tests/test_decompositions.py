@@ -70,6 +70,11 @@ CASES = {
         "ceil mode exclude pad": _avg_pool_case(10, 11, 3, 2, 0, True, False),
         "divisor override": _avg_pool_case(8, 8, 2, 2, 0, False, True, 3),
     },
+    aten._adaptive_avg_pool2d.default: {
+        "to 1x1": ((torch.randn(2, 3, 7, 7), [1, 1]), None),
+        "uneven windows": ((torch.randn(2, 3, 10, 9), [4, 3]), None),
+        "channels last": ((torch.randn(2, 3, 5, 5).to(memory_format=torch.channels_last), [2, 2]), None),
+    },
     aten._adaptive_avg_pool2d_backward.default: {
         "to 1x1": _adaptive_case(7, 7, 1, 1),
         "uneven windows": _adaptive_case(10, 9, 4, 3),

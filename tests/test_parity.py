@@ -21,7 +21,9 @@ from exporters import METHODS
 from exporters.validate import KINK_RTOL, RTOL, per_image_errors
 
 EXACT_SHARE = 0.5
-HEATMAP_ATOL = 1e-4
+# pytorch-grad-cam resizes with cv2.resize, whose bilinear weights are rounded to fixed point: measured
+# 3e-4 against exact bilinear on efficientnet_b0's 2x2 map (1e-6 on the others).
+HEATMAP_ATOL = 1e-3
 MODELS = ["resnet18", "vgg11_bn", "mobilenet_v2", "densenet121", "efficientnet_b0"]
 CASES = [(1, "predicted"), (1, "explicit"), (4, "predicted"), (4, "explicit")]
 # captum's GuidedBackprop rules nn.ReLU modules only; densenet121 also calls F.relu in forward(), so its

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch._decomp import core_aten_decompositions
 
+from exporters.errors import UnsupportedOpError
+
 aten = torch.ops.aten
 REGISTRY: dict[torch._ops.OpOverload, Callable] = {}
 
@@ -56,7 +58,8 @@ def aten_convolution_backward(grad_output, input, weight, bias_sizes, stride, pa
     NCHWc kernels apply); the flipped weight is a constant that it folds at load.
     """
     if transposed or output_mask[1] or output_mask[2]:
-        raise NotImplementedError("only the input gradient of a (non-transposed) convolution is decomposed")
+        raise UnsupportedOpError("aten.convolution_backward: only the input gradient of a non-transposed "
+                                 "convolution is supported (parameters are frozen; ConvTranspose layers are not)")
     kernel = weight.shape[2:]
     full_pad = [d * (k - 1) - p for k, p, d in zip(kernel, padding, dilation, strict=True)]
     if all(s == 1 for s in stride) and min(full_pad) >= 0:

@@ -85,10 +85,9 @@ def aten_max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride
     int[2] padding, int[2] dilation, bool ceil_mode, Tensor indices) -> Tensor
 
     Sends each window's gradient to the first maximum of the window, found again from `self` rather
-    than read from `indices`: ONNX Runtime's NCHWc layout rewrite (ORT_ENABLE_ALL, the default)
-    corrupted the gradient of some images when it was scattered by MaxPool's Indices output.  The
-    window taps are k*k strided slices; a transposed convolution with one-hot kernels adds each tap's
-    gradient back at its offset, so overlapping windows add as scatter-add would.
+    than read from `indices`, so the graph is dense ops only (no MaxPool Indices output, no
+    ScatterElements).  The window taps are k*k strided slices; a transposed convolution with one-hot
+    kernels adds each tap's gradient back at its offset, so overlapping windows add as scatter-add would.
     """
     (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride or kernel_size)
     (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)

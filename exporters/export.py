@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import warnings
 from collections.abc import Sequence
@@ -19,8 +18,6 @@ from exporters.trace import Traced, frozen, trace
 from exporters.validate import validate
 from onnx_explain import __version__
 from onnx_explain.metadata import GraphInfo, MapOutputs, write_info
-
-log = logging.getLogger(__name__)
 
 
 class _Joint(nn.Module):

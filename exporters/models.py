@@ -39,5 +39,10 @@ def load_model(spec: str) -> tuple[nn.Module, tuple[int, int, int], list[str], l
         raise ValueError(f"unknown model {spec!r}: expected 'shapenet', a saved module file, or a torchvision "
                          "classifier name such as resnet18, vgg11_bn or mobilenet_v2")
     model = torchvision.models.get_model(spec, weights=None)
-    layer = next((v for k, v in _TORCHVISION_LAYERS.items() if spec.startswith(k)), None)
+    layer = default_layer(spec)
     return model, (3, 224, 224), [layer] if layer else [], None
+
+
+def default_layer(name: str) -> str | None:
+    """The usual Grad-CAM layer of a torchvision model (by name), or None when the family is unknown."""
+    return next((v for k, v in _TORCHVISION_LAYERS.items() if name.startswith(k)), None)

@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from exporters.errors import ExportValidationError
 from exporters.trace import Traced
+from onnx_explain.explainer import Explainer
 
 VALIDATION_BATCH = 8  # differs from the trace batch, so a batch size baked into the graph is caught
 RTOL = 1e-4  # of each image's largest magnitude in the reference
@@ -60,9 +60,7 @@ def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
     targets = torch.tensor([-1] + [0] * (VALIDATION_BATCH - 1), dtype=torch.int64)
     with torch.no_grad():
         expected = [t.numpy() for t in traced.graph(traced.params, images, targets)]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # see onnx_explain.Explainer
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = Explainer(path, providers="cpu").session  # as a server would open it: default level
     got = session.run(traced.output_names, {"images": images.numpy(), "targets": targets.numpy()})
     problems = []
     for name, want, have in zip(traced.output_names, expected, got, strict=True):

@@ -7,9 +7,6 @@ import pytest
 import torch
 
 SIZE = 64  # small inputs keep the suite fast; every tested architecture still downsamples to >= 2x2
-CAM_LAYERS = {"resnet18": "layer4", "vgg11_bn": "features", "mobilenet_v2": "features",
-              "densenet121": "features", "efficientnet_b0": "features", "mobilenet_v3_small": "features",
-              "squeezenet1_1": "features", "convnext_tiny": "features", "vgg11": "features", "shapenet": "features"}
 ALL_METHODS = ("saliency", "guided_backprop", "gradcam")
 
 
@@ -41,12 +38,16 @@ class Exported:
 
     def __init__(self, name: str, directory) -> None:
         from exporters import export_explainer
+        from exporters.models import default_layer
+        from models.shapenet import TARGET_LAYER
+        from models.shapes import CLASSES
         from onnx_explain import Explainer
 
         self.name, self.model = name, make_model(name)
-        self.layer = CAM_LAYERS[name]
+        shipped = name == "shapenet"
+        self.layer = TARGET_LAYER if shipped else default_layer(name)
+        classes = list(CLASSES) if shipped else None
         self.path = directory / f"{name}.onnx"
-        classes = list(__import__("models.shapes").shapes.CLASSES) if name == "shapenet" else None
         self.info = export_explainer(self.model, self.path, input_shape=(3, SIZE, SIZE), layers=[self.layer],
                                      methods=ALL_METHODS, class_names=classes)
         self.explainer = Explainer(self.path, providers="cpu")  # ONNX Runtime's default optimisation level
@@ -69,8 +70,3 @@ def exported(tmp_path_factory):
 def images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, SIZE, SIZE)).astype(np.float32)
 
-
-def max_rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    """Max absolute difference relative to the reference's largest magnitude."""
-    scale = max(float(np.abs(want).max()), 1e-12)
-    return float(np.abs(got.astype(np.float64) - want).max() / scale)

@@ -78,36 +78,6 @@ def _flipped(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return w.reshape(groups * in_per_group, out_c // groups, *kernel).flip(list(range(2, 2 + len(kernel))))
 
 
-@register(aten.max_pool2d_with_indices_backward.default)
-def aten_max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode,
-                                          indices):
-    """max_pool2d_with_indices_backward(Tensor grad_output, Tensor self, int[2] kernel_size, int[2] stride,
-    int[2] padding, int[2] dilation, bool ceil_mode, Tensor indices) -> Tensor
-
-    Sends each window's gradient to the first maximum of the window, found again from `self` rather
-    than read from `indices`, so the graph is dense ops only (no MaxPool Indices output, no
-    ScatterElements).  The window taps are k*k strided slices; a transposed convolution with one-hot
-    kernels adds each tap's gradient back at its offset, so overlapping windows add as scatter-add would.
-    """
-    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride or kernel_size)
-    (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)
-    n, c, h, w = self.shape
-    oh, ow = grad_output.shape[2:]
-    span_h, span_w = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
-    padded = torch.nn.functional.pad(self, [pw, max(0, span_w - w - pw), ph, max(0, span_h - h - ph)],
-                                     value=float("-inf"))
-    taps = [padded[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
-            for i in range(kh) for j in range(kw)]
-    first_max = torch.stack(taps, dim=2).argmax(dim=2, keepdim=True)  # ties go to the first, as in torch
-    offsets = torch.arange(kh * kw).reshape(1, 1, kh * kw, 1, 1)
-    routed = grad_output[:, :, None] * (offsets == first_max).to(grad_output.dtype)  # Mul: faster than Where in ORT
-    one_hot_kernels = (torch.arange(kh * kw)[:, None] == torch.arange(kh * kw)[None, :]).to(grad_output.dtype)
-    weight = one_hot_kernels.reshape(kh * kw, 1, kh, kw)
-    full = aten.convolution(routed.reshape(n * c, kh * kw, oh, ow), weight, None, [sh, sw], [0, 0], [dh, dw],
-                            True, [0, 0], 1)
-    return _crop_padded(full, (ph, pw), (h, w)).reshape(n, c, h, w)
-
-
 def _crop_padded(full: torch.Tensor, padding: list[int], size: tuple[int, int]) -> torch.Tensor:
     """The input's region of a gradient laid out over the padded input from its top-left corner; ceil
     mode may leave `full` short of the bottom/right edge (those positions get no gradient) or past it."""

@@ -15,6 +15,7 @@ from exporters.errors import ExportError, UnsupportedOpError
 from exporters.layers import resolve_layers
 from exporters.methods import METHODS
 from exporters.trace import Traced, frozen, trace
+from exporters.translations import TRANSLATIONS, check_index_readers
 from exporters.validate import validate
 from onnx_explain import __version__
 from onnx_explain.metadata import GraphInfo, MapOutputs, write_info
@@ -122,6 +123,7 @@ def _map_outputs(chosen, tapped) -> list[MapOutputs]:
 
 
 def _to_onnx(traced: Traced) -> onnx.ModelProto:
+    check_index_readers(traced.graph.graph)
     joint = _Joint(traced)
     n = torch.export.Dim("N", min=1, max=65536)
     images = torch.randn(2, *traced.input_shape)
@@ -133,7 +135,7 @@ def _to_onnx(traced: Traced) -> onnx.ModelProto:
                 # optimize=False: ONNX Runtime optimises at load, and onnxscript's optimiser took minutes on densenet
                 joint, (images, targets), dynamo=True, verbose=False, optimize=False,
                 input_names=["images", "targets"], output_names=traced.output_names,
-                dynamic_shapes={"images": {0: n}, "targets": {0: n}})
+                dynamic_shapes={"images": {0: n}, "targets": {0: n}}, custom_translation_table=TRANSLATIONS)
     except Exception as e:  # torch.onnx raises several types; all mean the graph cannot be written
         ops = _untranslatable(traced, _chain_text(e))
         if ops:

@@ -20,15 +20,6 @@ def _conv_case(n, c, h, w, out_c, k, stride, padding, dilation, groups):
     return args, lambda out: out[0]
 
 
-def _max_pool_case(h, w, k, stride, padding, ceil_mode, relu_first=False, dilation=1):
-    x = torch.randn(2, 3, h, w)
-    if relu_first:  # ties at zero: the gradient must go to the one index torch picked
-        x = torch.relu(x)
-    pool = ([k, k], [stride, stride], [padding, padding], [dilation, dilation], ceil_mode)
-    y, idx = aten.max_pool2d_with_indices(x, *pool)
-    return (torch.randn_like(y), x, *pool, idx), None
-
-
 def _avg_pool_case(h, w, k, stride, padding, ceil_mode, count_include_pad, divisor_override=None):
     x = torch.randn(2, 3, h, w)
     y = aten.avg_pool2d(x, [k, k], [stride, stride], [padding, padding], ceil_mode, count_include_pad,
@@ -52,15 +43,11 @@ CASES = {
         "grouped, stride 1, more outputs": _conv_case(2, 4, 7, 7, 8, 5, 1, 2, 1, 2),
         "grouped, dilated": _conv_case(2, 4, 12, 12, 8, 3, 1, 2, 2, 2),
         "1x1": _conv_case(2, 4, 5, 5, 3, 1, 1, 0, 1, 1),
-    },
-    aten.max_pool2d_with_indices_backward.default: {
-        "3x3 stride 2 pad 1 (resnet)": _max_pool_case(16, 16, 3, 2, 1, False),
-        "overlapping after relu": _max_pool_case(15, 15, 3, 2, 1, False, relu_first=True),
-        "2x2 stride 2 (vgg)": _max_pool_case(16, 16, 2, 2, 0, False),
-        "ceil mode (squeezenet)": _max_pool_case(15, 13, 3, 2, 0, True),
-        "ceil mode, padded": _max_pool_case(10, 11, 3, 2, 1, True),
-        "dilated": _max_pool_case(12, 12, 2, 1, 0, False, dilation=2),
-        "all ties": ((torch.ones(1, 2, 4, 4),) and _max_pool_case(4, 4, 2, 2, 0, False, relu_first=True)),
+        "1x1 stride 2 (resnet downsample)": _conv_case(2, 4, 9, 8, 6, 1, 2, 0, 1, 1),
+        "4x4 stride 2 pad 1": _conv_case(2, 3, 10, 9, 5, 4, 2, 1, 1, 1),
+        "3x3 stride 3, no padding": _conv_case(2, 3, 11, 12, 4, 3, 3, 0, 1, 1),
+        "5x5 stride 2 pad 4 (wide padding)": _conv_case(1, 2, 8, 8, 3, 5, 2, 4, 1, 1),
+        "dilated stride 2 (transposed conv)": _conv_case(1, 2, 11, 11, 3, 3, 2, 2, 2, 1),
     },
     aten.avg_pool2d_backward.default: {
         "2x2 stride 2 (densenet)": _avg_pool_case(16, 16, 2, 2, 0, False, True),

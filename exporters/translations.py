@@ -1,0 +1,80 @@
+"""ONNX translations of ATen ops, written in onnxscript, where the stock translation is missing or slow.
+
+They are handed to torch.onnx.export as its custom_translation_table; each is named after its ATen op and
+documents the op's schema.  Where a pair of ops hands an intermediate value from one to the other (the
+max-pool indices), the ONNX side may encode it differently from torch as long as the pair agrees: the
+traced graph run in torch and the file run in ONNX Runtime still compute the same outputs, and export
+validation checks that they do.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+
+import torch
+from onnxscript import opset20 as op
+
+from exporters.errors import UnsupportedOpError
+
+aten = torch.ops.aten
+
+
+def aten_max_pool2d_with_indices(self, kernel_size: Sequence[int], stride: Sequence[int] = (),
+                                 padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
+                                 ceil_mode: bool = False):
+    """max_pool2d_with_indices(Tensor self, int[2] kernel_size, int[2] stride=[], int[2] padding=0,
+    int[2] dilation=1, bool ceil_mode=False) -> (Tensor, Tensor)
+
+    ONNX MaxPool, whose indices count over the whole tensor, where torch counts within each image plane.
+    They are left that way for aten_max_pool2d_with_indices_backward, their only reader: the stock
+    translation converted them with a second MaxPool pass over the whole input, which cost as much as the
+    pooling.  Both runtimes keep the first maximum of a window.
+    """
+    kernel = _pair(kernel_size)
+    return op.MaxPool(self, kernel_shape=kernel, strides=_pair(stride) if stride else kernel,
+                      pads=_pair(padding) * 2, dilations=_pair(dilation), ceil_mode=int(ceil_mode))
+
+
+def aten_max_pool2d_with_indices_backward(grad_output, self, kernel_size: Sequence[int], stride: Sequence[int],
+                                          padding: Sequence[int], dilation: Sequence[int], ceil_mode: bool,
+                                          indices):
+    """max_pool2d_with_indices_backward(Tensor grad_output, Tensor self, int[2] kernel_size, int[2] stride,
+    int[2] padding, int[2] dilation, bool ceil_mode, Tensor indices) -> Tensor
+
+    One scatter-add of every window's gradient at its maximum, over the flattened input (the indices are
+    ONNX MaxPool's whole-tensor ones); windows that share a maximum add up.  It replaced routing the
+    gradient through k*k window taps and a transposed convolution, which cost about 4x the forward pass of
+    resnet18's max pool.
+    """
+    flat = op.Constant(value_ints=[-1])
+    zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), grad_output), op.Shape(self))
+    routed = op.ScatterElements(op.Reshape(zeros, flat), op.Reshape(indices, flat), op.Reshape(grad_output, flat),
+                                axis=0, reduction="add")
+    return op.Reshape(routed, op.Shape(self))
+
+
+def _pair(v) -> list[int]:
+    v = [int(i) for i in v] if isinstance(v, (list, tuple)) else [int(v)]
+    return v * 2 if len(v) == 1 else v
+
+
+TRANSLATIONS: dict[torch._ops.OpOverload, Callable] = {
+    aten.max_pool2d_with_indices.default: aten_max_pool2d_with_indices,
+    aten.max_pool2d_with_indices_backward.default: aten_max_pool2d_with_indices_backward,
+}
+
+
+def check_index_readers(graph: torch.fx.Graph) -> None:
+    """Raise UnsupportedOpError when anything but the max-pool backward reads max-pool indices, which the
+    ONNX side encodes differently (a model that returns them or unpools with them)."""
+    pools = [n for n in graph.nodes if n.target == aten.max_pool2d_with_indices.default]
+    for pool in pools:
+        for item in pool.users:
+            if item.target is not operator.getitem or item.args[1] != 1:
+                continue
+            for reader in item.users:
+                if reader.target != aten.max_pool2d_with_indices_backward.default:
+                    raise UnsupportedOpError(
+                        f"the model reads max-pool indices ({reader.target}); only max pooling whose indices "
+                        "serve its own backward pass can be exported (return_indices=True is not supported)")

@@ -1,0 +1,67 @@
+"""Each custom ONNX translation against torch's own kernels, case by case, run in ONNX Runtime."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from exporters.errors import UnsupportedOpError
+from exporters.translations import TRANSLATIONS, aten, check_index_readers
+
+
+class _PoolRoundTrip(torch.nn.Module):
+    """max_pool2d_with_indices, then its backward fed by those indices: the pair the translations cover."""
+
+    def __init__(self, k: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> None:
+        super().__init__()
+        self.pool = ([k, k], [stride, stride], [padding, padding], [dilation, dilation], ceil_mode)
+
+    def forward(self, x: torch.Tensor, grad: torch.Tensor):
+        values, indices = aten.max_pool2d_with_indices(x, *self.pool)
+        return values, aten.max_pool2d_with_indices_backward(grad, x, *self.pool, indices)
+
+
+POOL_CASES = {
+    "3x3 stride 2 pad 1 (resnet)": (16, 16, 3, 2, 1, 1, False, False),
+    "overlapping after relu (ties at zero)": (15, 15, 3, 2, 1, 1, False, True),
+    "2x2 stride 2 (vgg)": (16, 16, 2, 2, 0, 1, False, False),
+    "ceil mode (squeezenet)": (15, 13, 3, 2, 0, 1, True, False),
+    "ceil mode, padded": (10, 11, 3, 2, 1, 1, True, False),
+    "dilated": (12, 12, 2, 1, 0, 2, False, False),
+    "all ties": (6, 6, 3, 1, 1, 1, False, "zeros"),
+}
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_max_pool_pair_matches_torch(case, tmp_path):
+    h, w, k, stride, padding, dilation, ceil_mode, inputs = POOL_CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, h, w, generator=gen)
+    x = torch.zeros_like(x) if inputs == "zeros" else torch.relu(x) if inputs else x
+    module = _PoolRoundTrip(k, stride, padding, dilation, ceil_mode)
+    values, _ = aten.max_pool2d_with_indices(x, *module.pool)
+    grad = torch.randn(values.shape, generator=gen)
+    want = module(x, grad)
+    path = tmp_path / "pool.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x, grad), str(path), dynamo=True, optimize=False, verbose=False,
+                          input_names=["x", "grad"], custom_translation_table=TRANSLATIONS)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy(), "grad": grad.numpy()})
+    for g, t in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, t.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_index_readers_other_than_the_backward_are_refused():
+    def unpool(x):
+        values, indices = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+        return torch.nn.functional.max_unpool2d(values, indices, 2)
+
+    graph = torch.fx.experimental.proxy_tensor.make_fx(unpool)(torch.randn(1, 1, 4, 4)).graph
+    with pytest.raises(UnsupportedOpError, match="reads max-pool indices"):
+        check_index_readers(graph)

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from exporters.rules import RULES
 
@@ -52,8 +51,24 @@ def normalize(maps: torch.Tensor) -> torch.Tensor:
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear [N, h, w] -> [N, H, W] with half-pixel centres, as cv2.resize does."""
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    """Bilinear [N, h, w] -> [N, H, W] with half-pixel centres, as cv2.resize and F.interpolate do.
+
+    Written as R_h @ maps @ R_w^T: make_fx always decomposes F.interpolate into index gathers, which
+    cost ONNX Runtime more than the whole Grad-CAM head; two small MatMuls with folded constants do not.
+    """
+    (h, w), (out_h, out_w) = maps.shape[1:], size
+    return _bilinear_matrix(out_h, h, maps.dtype) @ maps @ _bilinear_matrix(out_w, w, maps.dtype).t()
+
+
+def _bilinear_matrix(out: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """[out, size]: row i interpolates between the two source pixels around (i + 0.5) * size / out - 0.5
+    (clamped at the edges as torch does), built from arange so that it survives export as constants."""
+    src = ((torch.arange(out, dtype=dtype) + 0.5) * (size / out) - 0.5).clamp(min=0)
+    low = src.floor()
+    frac = (src - low)[:, None]
+    high = (low + 1).clamp(max=size - 1)
+    j = torch.arange(size, dtype=dtype)[None, :]
+    return (j == low[:, None]).to(dtype) * (1 - frac) + (j == high[:, None]).to(dtype) * frac
 
 
 def _input_gradient_map(images: torch.Tensor, grad: torch.Tensor, size: tuple[int, int]):

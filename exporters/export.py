@@ -7,13 +7,14 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from exporters.errors import ExportError, UnsupportedOpError
-from exporters.layers import resolve_layers
-from exporters.methods import METHODS
+from exporters.layers import ALL_CONV, conv_layers, pooled_classifier, resolve_layers
+from exporters.methods import CLASSIFIER, METHODS
 from exporters.trace import Traced, frozen, trace
 from exporters.translations import TRANSLATIONS, check_index_readers
 from exporters.validate import validate
@@ -31,17 +32,21 @@ class _Joint(nn.Module):
         for i, t in enumerate(traced.params.values()):
             self.register_buffer(f"p{i}", t.detach().clone())
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor):
-        return self.graph({name: getattr(self, f"p{i}") for i, name in enumerate(self.names)}, images, targets)
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, counterfactual: torch.Tensor):
+        params = {name: getattr(self, f"p{i}") for i, name in enumerate(self.names)}
+        return self.graph(params, images, targets, counterfactual)
 
 
 def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequence[int],
-                     layers: Sequence[str] = (), methods: Sequence[str] = ("saliency", "guided_backprop", "gradcam"),
-                     class_names: Sequence[str] | None = None, validate_export: bool = True) -> GraphInfo:
+                     layers: Sequence[str] | str = (),
+                     methods: Sequence[str] = ("saliency", "guided_backprop", "gradcam"),
+                     class_names: Sequence[str] | None = None, counterfactual: bool = False,
+                     validate_export: bool = True) -> GraphInfo:
     """Write one ONNX file that computes the logits and every requested method's map in a single run.
 
-    Inputs of the file: `images` float32 [N, C, H, W] (N dynamic) and `targets` int64 [N], where -1
-    explains the predicted class.  Outputs: `logits`, `explained_targets` (the classes explained), per method
+    Inputs of the file: `images` float32 [N, C, H, W] (N dynamic), `targets` int64 [N], where -1
+    explains the predicted class, and `counterfactual`, a bool scalar that may be left out (its default
+    is the `counterfactual` argument).  Outputs: `logits`, `explained_targets` (the classes explained), per method
     `<method>.raw` / `<method>.heatmap` (input methods) or `<method>@<layer>.raw` / `.heatmap` (layer
     methods), and `activation@<layer>` / `gradient@<layer>` at each tapped layer.
 
@@ -49,16 +54,20 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         model: a classifier returning logits [N, classes]; it is traced in eval mode and left as it was.
         path: where to write the .onnx file.
         input_shape: [C, H, W] of one image.
-        layers: module names (as in model.named_modules()) for the layer methods (gradcam).
+        layers: module names (as in model.named_modules()) for the layer methods (the CAM family), or
+            "all-conv" for the output of every convolution.
         methods: names from exporters.METHODS.
         class_names: optional, one per logit; stored in the file.
+        counterfactual: the default of the file's `counterfactual` input: CAM-family maps of the regions
+            that argue against the class (the gradient at the layer with its sign flipped).
         validate_export: compare ONNX Runtime (default optimisation level) with torch after export.
 
     Returns:
         The GraphInfo written into the file's metadata.
 
     Raises:
-        ValueError: unknown method, bad input shape, or a layer method without layers.
+        ValueError: unknown method, bad input shape, a layer method without layers, or cam on a model
+            whose layer is not followed by global average pooling and one linear layer.
         LayerNotFoundError: a layer name that is not a module (close candidates are listed).
         UnsupportedOpError: an op that cannot be differentiated or exported (named with its module).
         ExportValidationError: ONNX Runtime disagrees with torch.
@@ -71,15 +80,17 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ValueError(f"input_shape must be [C, H, W] of one image, got {list(input_shape)}")
-    layer_names = [layers] if isinstance(layers, str) else list(layers)
+    layer_names = conv_layers(model) if layers == ALL_CONV else [layers] if isinstance(layers, str) else list(layers)
     if any(m.at == "layer" for m in chosen) and not layer_names:
         raise ValueError(f"methods {[m.name for m in chosen if m.at == 'layer']} need layers=[...]: "
                          "name the module(s) whose activations they explain")
     with frozen(model):
         tapped = resolve_layers(model, layer_names, input_shape) if any(m.at == "layer" for m in chosen) else {}
         num_classes = _num_classes(model, input_shape)
-        traced = trace(model, input_shape, chosen, tapped)
-        proto = _to_onnx(traced)
+        classifier = (pooled_classifier(model, list(tapped), input_shape)
+                      if any(m.layer_rule == CLASSIFIER for m in chosen) else None)
+        traced = trace(model, input_shape, chosen, tapped, classifier)
+        proto = _to_onnx(traced, counterfactual)
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} outputs")
     info = GraphInfo(
@@ -122,26 +133,36 @@ def _map_outputs(chosen, tapped) -> list[MapOutputs]:
     return maps
 
 
-def _to_onnx(traced: Traced) -> onnx.ModelProto:
+def _to_onnx(traced: Traced, counterfactual: bool) -> onnx.ModelProto:
     check_index_readers(traced.graph.graph)
     joint = _Joint(traced)
     n = torch.export.Dim("N", min=1, max=65536)
     images = torch.randn(2, *traced.input_shape)
     targets = torch.full((2,), -1, dtype=torch.int64)
+    flag = torch.tensor(False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 # optimize=False: ONNX Runtime optimises at load, and onnxscript's optimiser took minutes on densenet
-                joint, (images, targets), dynamo=True, verbose=False, optimize=False,
-                input_names=["images", "targets"], output_names=traced.output_names,
-                dynamic_shapes={"images": {0: n}, "targets": {0: n}}, custom_translation_table=TRANSLATIONS)
+                joint, (images, targets, flag), dynamo=True, verbose=False, optimize=False,
+                input_names=["images", "targets", "counterfactual"], output_names=traced.output_names,
+                dynamic_shapes={"images": {0: n}, "targets": {0: n}, "counterfactual": {}},
+                custom_translation_table=TRANSLATIONS)
     except Exception as e:  # torch.onnx raises several types; all mean the graph cannot be written
         ops = _untranslatable(traced, _chain_text(e))
         if ops:
             raise UnsupportedOpError(f"no ONNX translation for {'; '.join(ops)}") from e
         raise ExportError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from e
-    return program.model_proto
+    proto = program.model_proto
+    _set_default(proto, "counterfactual", np.array(counterfactual))
+    return proto
+
+
+def _set_default(proto: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    """An initializer named like a graph input is that input's default in ONNX Runtime: callers may omit it."""
+    if any(i.name == name for i in proto.graph.input):
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
 
 
 def _chain_text(e: BaseException | None) -> str:

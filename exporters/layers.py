@@ -11,6 +11,8 @@ from torch import nn
 
 from exporters.errors import LayerNotFoundError
 
+ALL_CONV = "all-conv"  # layers=ALL_CONV taps the output of every convolution
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -52,3 +54,45 @@ def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence
                 f"layer {name!r} ({kind}) outputs {got}; CAM methods need a [N, C, h, w] feature map")
         layers[name] = LayerInfo(kind, tuple(outs[0].shape[1:]))
     return layers
+
+
+def conv_layers(model: nn.Module) -> list[str]:
+    """The names of every 2-D convolution of the model, in module order."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not names:
+        raise LayerNotFoundError(f"layers={ALL_CONV!r}: {type(model).__name__} has no nn.Conv2d module")
+    return names
+
+
+def pooled_classifier(model: nn.Module, layers: Sequence[str], input_shape: Sequence[int]) -> str:
+    """The weight of the linear layer that maps the global average of each layer's output to the logits,
+    which is the head CAM (Zhou et al.) needs; checked on random images, not guessed from module types.
+
+    Raises:
+        ValueError: some layer's output does not reach the logits that way; it names the layer.
+    """
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"cam needs a model whose head is global average pooling then one linear layer; "
+                         f"{type(model).__name__} has no nn.Linear (use gradcam, which needs no such head)")
+    name, fc = linears[-1]
+    modules = dict(model.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [modules[layer].register_forward_hook(lambda _m, _i, out, layer=layer: outputs.__setitem__(layer, out))
+               for layer in layers]
+    try:
+        with torch.no_grad():
+            logits = model(torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0)))
+    finally:
+        for h in handles:
+            h.remove()
+    for layer in layers:
+        act = outputs[layer]  # as the model left it: torchvision densenet rectifies its features in place
+        pooled = act.mean(dim=(2, 3)) if act.shape[1] == fc.in_features else None
+        if pooled is None or not torch.allclose(nn.functional.linear(pooled, fc.weight, fc.bias), logits,
+                                                rtol=1e-4, atol=1e-4 * float(logits.abs().max())):
+            raise ValueError(
+                f"cam needs global average pooling then one linear layer between layer {layer!r} and the logits; "
+                f"in {type(model).__name__} the mean of {layer!r}'s output [{act.shape[1]} channels] through "
+                f"{name!r} ({fc.in_features} -> {fc.out_features}) does not give the logits (use gradcam)")
+    return f"{name}.weight"

@@ -1,8 +1,9 @@
 """The explanation methods as graph heads: torch functions traced into the ONNX graph.
 
-A method reads one gradient (of the target score, through a backward pass with its ReLU rule) either at
-the input or at a layer, and turns it into `raw` (the method's own quantity) and `heatmap` (float32
-[N, H, W] in [0, 1] at input resolution).  Adding a method is one registered function here.
+A method reads the gradient of the target score at the input, at a tapped layer, or both, each from a
+backward pass with the ReLU rule the method names, and turns them into `raw` (the method's own quantity)
+and `heatmap` (float32 [N, H, W] in [0, 1] at input resolution).  Adding a method is one registered
+function here, one row in the parity tests and one row in the README.
 """
 
 from __future__ import annotations
@@ -15,29 +16,53 @@ import torch
 from exporters.rules import RULES
 
 EPS = 1e-7  # the same stabiliser pytorch-grad-cam's scale_cam_image uses
+CLASSIFIER = "classifier"  # a layer "rule": the classifier's weights of the target class instead of a gradient
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """What a head reads.  images [N, C, H, W]; input_grad: d score / d images through the method's
+    input rule; for layer methods, activation A [N, K, h, w] and layer_grad, d score / d A through the
+    method's layer rule (sign-flipped for counterfactual maps), or the class weights [N, K, 1, 1] (cam)."""
+
+    images: torch.Tensor
+    input_grad: torch.Tensor | None = None
+    activation: torch.Tensor | None = None
+    layer_grad: torch.Tensor | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:])
 
 
 @dataclass(frozen=True)
 class Method:
-    """name: as used in methods=[...]; at: "input" or "layer" (where the gradient is read);
-    rule: the ReLU rule of the backward pass; head: (x, grad, size) -> (raw, heatmap), where x is the
-    images [N, C, H, W] for input methods and the layer's activation for layer methods."""
+    """name: as used in methods=[...]; at: "input" (one map) or "layer" (one map per tapped layer);
+    input_rule / layer_rule: the ReLU rule of the backward pass whose gradient the head reads at the
+    input / at the layer (None: not read); head: HeadInputs -> (raw, heatmap)."""
 
     name: str
     at: str
-    rule: str
-    head: Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
+    input_rule: str | None
+    layer_rule: str | None
+    head: Callable[[HeadInputs], tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def counterfactual(self) -> bool:
+        """Whether counterfactual=True changes this map (it flips the gradient at the layer)."""
+        return self.layer_rule is not None
 
 
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str, *, at: str, rule: str) -> Callable:
-    assert at in ("input", "layer") and rule in RULES
+def method(name: str, *, at: str, input_rule: str | None = None, layer_rule: str | None = None) -> Callable:
+    assert at in ("input", "layer") and (at == "layer" or layer_rule is None)
+    assert input_rule in (None, *RULES) and layer_rule in (None, CLASSIFIER, *RULES)
     assert name not in METHODS, f"method {name!r} registered twice"
 
     def wrap(head: Callable) -> Callable:
-        METHODS[name] = Method(name, at, rule, head)
+        METHODS[name] = Method(name, at, input_rule, layer_rule, head)
         return head
 
     return wrap
@@ -71,19 +96,97 @@ def _bilinear_matrix(out: int, size: int, dtype: torch.dtype) -> torch.Tensor:
     return (j == low[:, None]).to(dtype) * (1 - frac) + (j == high[:, None]).to(dtype) * frac
 
 
-def _input_gradient_map(images: torch.Tensor, grad: torch.Tensor, size: tuple[int, int]):
+def cam_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """pytorch-grad-cam's steps: scale at layer resolution, resize bilinearly, scale again."""
+    return normalize(upsample(normalize(cam), size))
+
+
+# Input methods: the map is the input gradient itself or a product with the image.
+
+def _gradient_map(x: HeadInputs):
     # Simonyan et al. reduce the channels by the max of the absolute gradient.
-    return grad, normalize(grad.abs().amax(dim=1))
+    return x.input_grad, normalize(x.input_grad.abs().amax(dim=1))
 
 
-method("saliency", at="input", rule="plain")(_input_gradient_map)
-method("guided_backprop", at="input", rule="guided")(_input_gradient_map)
+method("saliency", at="input", input_rule="plain")(_gradient_map)
+method("guided_backprop", at="input", input_rule="guided")(_gradient_map)
+method("deconvnet", at="input", input_rule="deconvnet")(_gradient_map)
 
 
-@method("gradcam", at="layer", rule="plain")
-def gradcam(activation: torch.Tensor, grad: torch.Tensor, size: tuple[int, int]):
-    """Selvaraju et al.: w_k = mean_ij dy/dA_k, map = ReLU(sum_k w_k A_k)."""
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * activation).sum(dim=1))
-    # pytorch-grad-cam scales at layer resolution, resizes, then scales again; the same steps keep parity.
-    return cam, normalize(upsample(normalize(cam), size))
+@method("gradient_x_input", at="input", input_rule="plain")
+def gradient_x_input(x: HeadInputs):
+    """Shrikumar et al.: the input times its gradient; the heatmap is |sum over channels|, as captum shows it."""
+    raw = x.input_grad * x.images
+    return raw, normalize(raw.sum(dim=1).abs())
+
+
+# The CAM family: a combination of the activations A_k and the gradients G_k = d score / d A_k at a
+# layer, rectified, then scaled and resized as pytorch-grad-cam does.  Each function returns the map
+# before the ReLU.
+
+def _cam_method(name: str, layer_rule: str = "plain") -> Callable:
+    def wrap(combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+        def head(x: HeadInputs):
+            raw = torch.relu(combine(x.activation, x.layer_grad))
+            return raw, cam_heatmap(raw, x.size)
+
+        method(name, at="layer", layer_rule=layer_rule)(head)
+        return combine
+
+    return wrap
+
+
+@_cam_method("cam", layer_rule=CLASSIFIER)
+def cam(activation: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """Zhou et al.: sum_k w_k^c A_k with the classifier's weights of class c (no backward pass)."""
+    return (class_weights * activation).sum(dim=1)
+
+
+@_cam_method("gradcam")
+def gradcam(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Selvaraju et al.: w_k = mean_ij G_k, map = sum_k w_k A_k."""
+    return (grad.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1)
+
+
+@_cam_method("gradcam++")
+def gradcam_plus_plus(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Chattopadhay et al., closed form for the exponential score (pytorch-grad-cam's eq. 19):
+    alpha = G^2 / (2 G^2 + sum_ij A * G^3), zero where G = 0; w_k = sum_ij alpha * ReLU(G)."""
+    grad2 = grad * grad
+    alpha = grad2 / (2 * grad2 + activation.sum(dim=(2, 3), keepdim=True) * grad2 * grad + 1e-6)
+    alpha = alpha * (grad != 0).to(grad.dtype)
+    weights = (alpha * torch.relu(grad)).sum(dim=(2, 3), keepdim=True)
+    return (weights * activation).sum(dim=1)
+
+
+@_cam_method("xgradcam")
+def xgradcam(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Fu et al. (XGrad-CAM): w_k = sum_ij G_k A_k / (sum_ij A_k + eps)."""
+    weights = (grad * activation).sum(dim=(2, 3), keepdim=True) / (activation.sum(dim=(2, 3), keepdim=True) + EPS)
+    return (weights * activation).sum(dim=1)
+
+
+@_cam_method("hirescam")
+def hirescam(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Draelos & Carin (HiResCAM): sum_k G_k * A_k, element-wise."""
+    return (grad * activation).sum(dim=1)
+
+
+@_cam_method("layercam")
+def layercam(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Jiang et al. (LayerCAM): sum_k ReLU(G_k) * A_k, element-wise."""
+    return (torch.relu(grad) * activation).sum(dim=1)
+
+
+# Guided CAMs (Selvaraju et al.): guided backprop, masked by the CAM heatmap at input resolution.
+
+def _guided_cam_method(name: str, combine: Callable) -> None:
+    @method(name, at="layer", input_rule="guided", layer_rule="plain")
+    def head(x: HeadInputs):
+        mask = cam_heatmap(torch.relu(combine(x.activation, x.layer_grad)), x.size)
+        raw = x.input_grad * mask[:, None]
+        return raw, normalize(raw.abs().amax(dim=1))
+
+
+_guided_cam_method("guided_gradcam", gradcam)
+_guided_cam_method("guided_gradcam++", gradcam_plus_plus)

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from exporters.decompositions import aten__adaptive_avg_pool2d, decomposition_table
 from exporters.errors import UnsupportedOpError
 from exporters.layers import LayerInfo
-from exporters.methods import Method
+from exporters.methods import CLASSIFIER, HeadInputs, Method
 from exporters.rules import relu_rule
 
 TRACE_BATCH = 2  # a batch of 1 would let the tracer specialise N to a constant
@@ -87,14 +87,16 @@ def _taps(model: nn.Module, deltas: dict[str, torch.Tensor], acts: dict[str, tor
             h.remove()
 
 
-def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str, LayerInfo]):
-    """f(params, images, targets) -> outputs: the forward pass, the backward passes the methods need
-    (one per ReLU rule, sharing the forward), and the methods' heads."""
-    input_methods = [m for m in methods if m.at == "input"]
-    layer_methods = [m for m in methods if m.at == "layer"]
+def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str, LayerInfo],
+                   classifier: str | None = None):
+    """f(params, images, targets, counterfactual) -> outputs: the forward pass, one backward pass per ReLU
+    rule the methods read (all sharing the forward), and the methods' heads.  `classifier` names the
+    weight of the linear layer whose rows are CAM's class weights."""
+    input_rules = {m.input_rule for m in methods} - {None}
+    layer_rules = {m.layer_rule for m in methods} - {None, CLASSIFIER}
 
-    def f(params, images, targets):
-        n, size = images.shape[0], tuple(images.shape[2:])
+    def f(params, images, targets, counterfactual):
+        n = images.shape[0]
         deltas = {name: images.new_zeros((n, *info.shape)) for name, info in layers.items()}
 
         def forward(x, d):
@@ -103,45 +105,52 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
                 logits = torch.func.functional_call(model, params, (x,))
             return logits, acts
 
-        if input_methods:
+        if input_rules:
             logits, vjp_fn, acts = torch.func.vjp(forward, images, deltas, has_aux=True)
-        else:  # CAMs only: the backward pass stops at the layers
+        else:  # layer methods only: the backward passes stop at the layers
             logits, vjp_fn, acts = torch.func.vjp(lambda d: forward(images, d), deltas, has_aux=True)
         resolved = torch.where(targets < 0, logits.argmax(dim=1), targets)
         cotangent = torch.nn.functional.one_hot(resolved, logits.shape[1]).to(logits.dtype)
-        grads = {}
-        # Layer outputs expose the plain gradient, so a graph with a layer method always has that pass.
-        for rule in sorted({m.rule for m in methods} | ({"plain"} if layer_methods else set())):
+        input_grads, layer_grads = {}, {}
+        for rule in sorted(input_rules | layer_rules):
             with relu_rule(rule):
-                grads[rule] = vjp_fn(cotangent)
+                grads = vjp_fn(cotangent)
+            input_grads[rule], layer_grads[rule] = (grads[0] if input_rules else None), grads[-1]
+        if classifier:
+            weights = params[classifier][resolved][:, :, None, None]
+            layer_grads[CLASSIFIER] = dict.fromkeys(layers, weights)
         out = {"logits": logits, "explained_targets": resolved}
-        for m in input_methods:
-            out[f"{m.name}.raw"], out[f"{m.name}.heatmap"] = m.head(images, grads[m.rule][0], size)
+        for m in methods:
+            if m.at == "input":
+                out[f"{m.name}.raw"], out[f"{m.name}.heatmap"] = m.head(HeadInputs(images, input_grads[m.input_rule]))
+        # counterfactual maps (Selvaraju et al.) flip the gradient at the layer: regions against the class
+        sign = 1 - 2 * counterfactual.to(images.dtype)
         for name in layers:
-            if not layer_methods:
-                break
             out[f"activation@{name}"] = acts[name]
-            out[f"gradient@{name}"] = grads["plain"][-1][name]
-            for m in layer_methods:
-                g = grads[m.rule][-1][name]
-                out[f"{m.name}@{name}.raw"], out[f"{m.name}@{name}.heatmap"] = m.head(acts[name], g, size)
+            if "plain" in layer_grads:
+                out[f"gradient@{name}"] = layer_grads["plain"][name]
+            for m in (m for m in methods if m.at == "layer"):
+                grad = layer_grads[m.layer_rule][name] * sign
+                x = HeadInputs(images, input_grads.get(m.input_rule), acts[name], grad)
+                out[f"{m.name}@{name}.raw"], out[f"{m.name}@{name}.heatmap"] = m.head(x)
         return out
 
     return f
 
 
 def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method],
-          layers: dict[str, LayerInfo]) -> Traced:
+          layers: dict[str, LayerInfo], classifier: str | None = None) -> Traced:
     """Trace the joint function with a symbolic batch dimension; parameters become graph inputs."""
     params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    f = joint_function(model, methods, layers)
+    f = joint_function(model, methods, layers, classifier)
     images = torch.randn(TRACE_BATCH, *input_shape)
     targets = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
+    counterfactual = torch.tensor(False)
     origins = op_origins(model, images)
     try:
-        names = list(f(params, images, targets))  # eager run: names the outputs and surfaces errors early
+        names = list(f(params, images, targets, counterfactual))  # eager: names the outputs, surfaces errors early
         gm = make_fx(_as_tuple(f), decomposition_table=decomposition_table(), tracing_mode="symbolic",
-                     record_module_stack=True)(params, images, targets)
+                     record_module_stack=True)(params, images, targets, counterfactual)
     except (RuntimeError, NotImplementedError) as e:
         raise UnsupportedOpError(_explain_trace_error(e, origins)) from e
     gm.graph.eliminate_dead_code()

@@ -58,10 +58,12 @@ def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(VALIDATION_BATCH, *traced.input_shape, generator=gen)
     targets = torch.tensor([-1] + [0] * (VALIDATION_BATCH - 1), dtype=torch.int64)
+    counterfactual = torch.tensor(False)
     with torch.no_grad():
-        expected = [t.numpy() for t in traced.graph(traced.params, images, targets)]
-    session = Explainer(path, providers="cpu").session  # as a server would open it: default level
-    got = session.run(traced.output_names, {"images": images.numpy(), "targets": targets.numpy()})
+        expected = [t.numpy() for t in traced.graph(traced.params, images, targets, counterfactual)]
+    explainer = Explainer(path, providers="cpu")  # as a server would open it: default level
+    feeds = {"images": images.numpy(), "targets": targets.numpy(), "counterfactual": counterfactual.numpy()}
+    got = explainer.session.run(traced.output_names, {k: v for k, v in feeds.items() if k in explainer.inputs})
     problems = []
     for name, want, have in zip(traced.output_names, expected, got, strict=True):
         if name in ("logits", "explained_targets"):

@@ -7,11 +7,13 @@
 
 __version__ = "0.1.0"
 
+from onnx_explain.class_model import ClassModel, class_model
 from onnx_explain.explainer import Explainer
+from onnx_explain.localize import boxes
 from onnx_explain.metadata import GraphInfo, MapOutputs
 from onnx_explain.pointing import pointing_hits
 from onnx_explain.render import load_image, overlay, save_png
 from onnx_explain.result import Explanation, Map
 
-__all__ = ["Explainer", "Explanation", "GraphInfo", "Map", "MapOutputs", "__version__", "load_image", "overlay",
-           "pointing_hits", "save_png"]
+__all__ = ["ClassModel", "Explainer", "Explanation", "GraphInfo", "Map", "MapOutputs", "__version__", "boxes",
+           "class_model", "load_image", "overlay", "pointing_hits", "save_png"]

@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("--out", type=Path, default=Path("explain-out"), help="output folder (default: explain-out)")
     ex.add_argument("--methods", nargs="+", default=None, help="methods to run (default: all in the file)")
     ex.add_argument("--target", type=int, default=-1, help="class to explain (default -1: the predicted class)")
+    ex.add_argument("--counterfactual", action="store_true",
+                    help="CAM-family maps of the regions that argue against the class")
     ex.add_argument("--mean", nargs=3, type=float, default=None, help="per-channel mean to subtract")
     ex.add_argument("--std", nargs=3, type=float, default=None, help="per-channel std to divide by")
     ex.add_argument("--providers", nargs="+", default=None, help="execution providers, e.g. cuda cpu")
@@ -82,7 +84,8 @@ def _explain(args: argparse.Namespace) -> None:
             x = x - np.asarray(args.mean, np.float32)[:, None, None]
         if args.std is not None:
             x = x / np.asarray(args.std, np.float32)[:, None, None]
-        result = explainer.explain(x[None].astype(np.float32), methods=args.methods, targets=args.target)
+        result = explainer.explain(x[None].astype(np.float32), methods=args.methods, targets=args.target,
+                                   counterfactual=args.counterfactual or None)
         for (method, layer), m in result.maps.items():
             name = f"{path.stem}.{method}" + (f"@{layer}" if layer else "") + ".png"
             save_png(args.out / name, overlay(image, m.heatmap[0]))

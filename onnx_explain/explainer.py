@@ -55,6 +55,11 @@ class Explainer:
             raise ValueError(f"ONNX Runtime cannot load {self.path}: {e}") from e
 
     @property
+    def inputs(self) -> set[str]:
+        """Graph inputs, those with a default (reported apart by ONNX Runtime) included."""
+        return {i.name for i in (*self.session.get_inputs(), *self.session.get_overridable_initializers())}
+
+    @property
     def methods(self) -> tuple[str, ...]:
         return self.info.methods
 
@@ -63,25 +68,34 @@ class Explainer:
         return self.session.get_providers()
 
     def explain(self, images: np.ndarray, methods: Sequence[str] | str | None = None,
-                targets: Sequence[int] | np.ndarray | int | None = None) -> Explanation:
+                targets: Sequence[int] | np.ndarray | int | None = None,
+                counterfactual: bool | None = None) -> Explanation:
         """Explain a batch in one run of the graph.
 
         Args:
             images: float32 [N, C, H, W], preprocessed as the model expects.
             methods: a subset of self.methods; None means all of them.
             targets: int64 [N] classes to explain (-1: the predicted class), one int for all, or None.
+            counterfactual: True maps, for the CAM family, the regions that argue against the target (the
+                gradient at the layer with its sign flipped); None keeps the default set at export.
 
         Returns:
             Explanation with .logits, .targets and result[method].heatmap / .raw.
 
         Raises:
-            ValueError: wrong shape, dtype, NaN or inf in images; bad targets; unknown method.
+            ValueError: wrong shape, dtype, NaN or inf in images; bad targets; unknown method; counterfactual
+                asked of a file exported before it existed.
         """
         images = check_images(images, self.info.input_shape)
         targets = check_targets(targets, len(images), self.info.num_classes)
         maps = self._select(methods)
         names = ["logits", "explained_targets"] + [n for m in maps for n in (m.raw, m.heatmap)]
-        values = self.session.run(names, {"images": images, "targets": targets})
+        feeds = {"images": images, "targets": targets}
+        if counterfactual is not None:
+            if "counterfactual" not in self.inputs:
+                raise ValueError(f"{self.path.name} has no counterfactual input; export it again with this version")
+            feeds["counterfactual"] = np.array(bool(counterfactual))
+        values = self.session.run(names, feeds)
         logits, explained, rest = values[0], values[1], values[2:]
         result = {(m.method, m.layer): Map(m.method, m.layer, rest[2 * i + 1], rest[2 * i])
                   for i, m in enumerate(maps)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -49,6 +50,24 @@ class Explanation:
         layers = [m.layer for m in found]
         raise KeyError(f"method {key!r} was computed at layers {layers}; ask for result[{key!r}, layer]")
 
+    def fused(self, method: str) -> Map:
+        """One map from every layer the method was computed at, aggregated as pytorch-grad-cam aggregates
+        target layers: each layer's rectified map scaled to [0, 1] and resized to the input (cv2, from
+        `raw` at layer resolution; the guided variants use their heatmaps), averaged, scaled again.
+        `raw` holds the per-layer maps [N, L, H, W] that were averaged; `layer` joins their names with "+"."""
+        found = [m for (name, _), m in self.maps.items() if name == method]
+        if not found:
+            raise KeyError(f"no map for method {method!r}; this result has {list(self.methods)}")
+        if found[0].layer is None:
+            raise KeyError(f"{method!r} is an input method: it has one map, nothing to fuse")
+        height, width = found[0].heatmap.shape[1:]
+        if found[0].raw.ndim == 3:
+            per_layer = [[cv2.resize(_scaled(np.maximum(r, 0)), (width, height)) for r in m.raw] for m in found]
+        else:
+            per_layer = [m.heatmap for m in found]
+        stacked = np.maximum(np.asarray(per_layer, np.float32).transpose(1, 0, 2, 3), 0)
+        return Map(method, "+".join(m.layer for m in found), _scaled(stacked.mean(axis=1)), stacked)
+
     def __contains__(self, key: object) -> bool:
         return key in self.methods or key in self.maps
 
@@ -56,3 +75,9 @@ class Explanation:
     def labels(self) -> list[str]:
         """The class name of each explained target."""
         return [self.class_names[t] if t < len(self.class_names) else str(t) for t in self.targets]
+
+
+def _scaled(maps: np.ndarray) -> np.ndarray:
+    """Min-max scaling of the last two axes to [0, 1], with pytorch-grad-cam's 1e-7 guard."""
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    return ((maps - low) / ((maps - low).max(axis=(-2, -1), keepdims=True) + 1e-7)).astype(np.float32)

@@ -18,45 +18,62 @@ def saliency(model, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return Saliency(model).attribute(x, target=torch.from_numpy(targets), abs=False).detach().numpy()
 
 
-def guided_backprop_captum(model, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """captum GuidedBackprop: rules nn.ReLU modules only (functional ReLUs stay plain)."""
-    from captum.attr import GuidedBackprop
+def gradient_x_input(model, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """captum InputXGradient."""
+    from captum.attr import InputXGradient
 
     x = torch.from_numpy(images).requires_grad_(True)
-    return GuidedBackprop(model).attribute(x, target=torch.from_numpy(targets)).detach().numpy()
+    return InputXGradient(model).attribute(x, target=torch.from_numpy(targets)).detach().numpy()
 
 
-class _GuidedReLU(torch.autograd.Function):
+def relu_rule_captum(rule: str, model, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """captum GuidedBackprop or Deconvolution: they rule nn.ReLU modules only (functional ReLUs stay plain)."""
+    from captum.attr import Deconvolution, GuidedBackprop
+
+    x = torch.from_numpy(images).requires_grad_(True)
+    explainer = {"guided": GuidedBackprop, "deconvnet": Deconvolution}[rule](model)
+    return explainer.attribute(x, target=torch.from_numpy(targets)).detach().numpy()
+
+
+class _RuledReLU(torch.autograd.Function):
+    """ReLU with the guided (Springenberg et al.) or deconvnet (Zeiler & Fergus) backward rule."""
+
     @staticmethod
-    def forward(x):
+    def forward(x, rule):
         return x.clamp(min=0)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        ctx.rule = inputs[1]
         ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (out > 0).to(grad.dtype)
+        grad = grad.clamp(min=0)
+        return (grad if ctx.rule == "deconvnet" else grad * (out > 0).to(grad.dtype)), None
 
 
 class _RuleEveryReLU(TorchFunctionMode):
-    """Routes every ReLU call, module or functional, in-place or not, through _GuidedReLU."""
+    """Routes every ReLU call, module or functional, in-place or not, through _RuledReLU."""
 
     _RELUS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        self.rule = rule
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self._RELUS:
-            return _GuidedReLU.apply(args[0])
+            return _RuledReLU.apply(args[0], self.rule)
         return func(*args, **(kwargs or {}))
 
 
-def guided_backprop_every_relu(model, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Guided backprop with the rule applied at every ReLU call site: the reference for models whose
-    forward calls F.relu (densenet), where captum leaves some ReLUs unruled."""
+def relu_rule_every_relu(rule: str, model, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The guided or deconvnet input gradient with the rule applied at every ReLU call site: the reference
+    for models whose forward calls F.relu (densenet), where captum leaves some ReLUs unruled."""
     x = torch.from_numpy(images).requires_grad_(True)
-    with _RuleEveryReLU():
+    with _RuleEveryReLU(rule):
         logits = model(x)
     score = logits.gather(1, torch.from_numpy(targets)[:, None]).sum()
     (grad,) = torch.autograd.grad(score, x)
@@ -81,21 +98,55 @@ def _capture(module: torch.nn.Module, store: dict):
         handle.remove()
 
 
-def gradcam_raw(model, layer: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Grad-CAM from hooks: ReLU(sum_k mean_ij(dy/dA_k) A_k) at the layer's resolution."""
+def layer_activation_and_gradient(model, layer: str, images: np.ndarray, targets: np.ndarray):
+    """(A, dy/dA) at the layer as numpy arrays, captured with hooks as pytorch-grad-cam does."""
     store: dict = {}
     x = torch.from_numpy(images)
     with _capture(dict(model.named_modules())[layer], store), torch.enable_grad():
         logits = model(x)
         logits.gather(1, torch.from_numpy(targets)[:, None]).sum().backward()
-    act, grad = store["act"].detach(), store["grad"]
-    return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(1)).numpy()
+    return store["act"].detach().numpy(), store["grad"].numpy()
 
 
-def gradcam_heatmap(model, layer: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """pytorch-grad-cam GradCAM: the normalised map resized to the input."""
-    from pytorch_grad_cam import GradCAM
+def _grad_cam_class(method: str):
+    import pytorch_grad_cam as pgc
+
+    return {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
+            "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM}[method]
+
+
+def cam_family_raw(method: str, model, layer: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """ReLU of pytorch-grad-cam's own map (its get_cam_image, weights included) on hook-captured A and G."""
+    act, grad = layer_activation_and_gradient(model, layer, images, targets)
+    module = dict(model.named_modules())[layer]
+    cam = _grad_cam_class(method)(model=model, target_layers=[module])
+    try:
+        return np.maximum(cam.get_cam_image(torch.from_numpy(images), module, None, act, grad, False), 0)
+    finally:
+        cam.activations_and_grads.release()
+
+
+def cam_family_heatmap(method: str, model, layer: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The heatmap pytorch-grad-cam returns: rectified, scaled, resized with cv2, scaled."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    with GradCAM(model=model, target_layers=[dict(model.named_modules())[layer]]) as cam:
+    with _grad_cam_class(method)(model=model, target_layers=[dict(model.named_modules())[layer]]) as cam:
         return cam(torch.from_numpy(images), targets=[ClassifierOutputTarget(int(t)) for t in targets])
+
+
+def class_activation_map(model, layer: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Zhou et al.'s CAM from hooks, rectified: sum_k w_k^c A_k with the last linear layer's weights."""
+    act, _ = layer_activation_and_gradient(model, layer, images, targets)
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    weights = linear.weight.detach().numpy()[targets]
+    return np.maximum(np.einsum("nk,nkhw->nhw", weights, act), 0)
+
+
+def exact_cam_heatmap(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """pytorch-grad-cam's scale, resize, scale, with an exact bilinear resize instead of cv2's fixed point."""
+    def scale(m: torch.Tensor) -> torch.Tensor:
+        low = m.amin(dim=(-2, -1), keepdim=True)
+        return (m - low) / ((m - low).amax(dim=(-2, -1), keepdim=True) + 1e-7)
+
+    up = F.interpolate(scale(torch.from_numpy(raw))[:, None], size=size, mode="bilinear", align_corners=False)
+    return scale(up[:, 0]).numpy()

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import references
+import torch
+from conftest import methods_for
 
+from exporters import export_explainer
+from models.shapenet import INPUT_SHAPE
 from models.shapes import CLASSES, TEST_SEED, make_shapes
-from onnx_explain import Explainer, overlay, pointing_hits
+from onnx_explain import Explainer, boxes, class_model, overlay, pointing_hits
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +28,7 @@ def held_out():
 def test_result_shapes_and_ranges(shapenet, held_out):
     result = shapenet.explainer.explain(held_out.images[:5])
     assert result.logits.shape == (5, len(CLASSES)) and result.targets.dtype == np.int64
-    assert set(result.methods) == {"saliency", "guided_backprop", "gradcam"}
+    assert set(result.methods) == set(methods_for("shapenet"))
     for method in result.methods:
         heat = result[method].heatmap
         assert heat.shape == (5, 64, 64) and heat.dtype == np.float32
@@ -130,3 +135,80 @@ def test_bad_files(tmp_path, shapenet):
         Explainer(stripped)
     with pytest.raises(ValueError, match="not available"):
         Explainer(shapenet.path, providers=["NoSuchExecutionProvider"])
+
+
+def test_counterfactual_flips_the_gradient_at_the_layer(shapenet, held_out):
+    x = held_out.images[:4]
+    plain = shapenet.explainer.explain(x)
+    against = shapenet.explainer.explain(x, counterfactual=True)
+    act, grad = references.layer_activation_and_gradient(shapenet.model, shapenet.layer, x, plain.targets)
+    want = np.maximum((-grad.mean(axis=(2, 3), keepdims=True) * act).sum(axis=1), 0)
+    np.testing.assert_allclose(against["gradcam"].raw, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    hires, hires_against = plain["hirescam"].raw, against["hirescam"].raw
+    assert np.minimum(hires, hires_against).max() == 0 and (hires + hires_against).max() > 0
+    for method in ("saliency", "guided_backprop", "deconvnet", "gradient_x_input"):  # no layer gradient
+        np.testing.assert_array_equal(plain[method].raw, against[method].raw)
+
+
+def test_counterfactual_default_is_set_at_export(tmp_path, shapenet, held_out):
+    path = tmp_path / "against.onnx"
+    export_explainer(shapenet.model, path, input_shape=INPUT_SHAPE, layers=[shapenet.layer], methods=["gradcam"],
+                     counterfactual=True)
+    default = Explainer(path, providers="cpu").explain(held_out.images[:3])
+    asked = shapenet.explainer.explain(held_out.images[:3], methods=["gradcam"], counterfactual=True)
+    np.testing.assert_allclose(default["gradcam"].raw, asked["gradcam"].raw, rtol=1e-5, atol=1e-6)
+
+
+def test_layers_fuse_as_pytorch_grad_cam_aggregates_them(tmp_path, shapenet, held_out):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layers = ["features.6", shapenet.layer]
+    path = tmp_path / "two.onnx"
+    export_explainer(shapenet.model, path, input_shape=INPUT_SHAPE, layers=layers, methods=["gradcam"])
+    result = Explainer(path, providers="cpu").explain(held_out.images[:4])
+    fused = result.fused("gradcam")
+    assert fused.layer == "features.6+features" and fused.raw.shape == (4, 2, 64, 64)
+    modules = dict(shapenet.model.named_modules())
+    with GradCAM(model=shapenet.model, target_layers=[modules[n] for n in layers]) as cam:
+        targets = [ClassifierOutputTarget(int(t)) for t in result.targets]
+        want = cam(torch.from_numpy(held_out.images[:4]), targets=targets)
+    assert np.abs(fused.heatmap - want).max() <= 1e-5
+    with pytest.raises(KeyError, match="input method"):
+        shapenet.explainer.explain(held_out.images[:1]).fused("saliency")
+
+
+def test_boxes_localise_the_objects(shapenet, held_out):
+    result = shapenet.explainer.explain(held_out.images)
+    found = boxes(result["gradcam"].heatmap, threshold=0.2)
+    truth = held_out.boxes
+    overlap = (np.minimum(found[:, 2], truth[:, 2]) >= np.maximum(found[:, 0], truth[:, 0])) & \
+              (np.minimum(found[:, 3], truth[:, 3]) >= np.maximum(found[:, 1], truth[:, 1]))
+    assert found.shape == (len(truth), 4) and overlap.mean() >= 0.9
+
+
+def test_boxes_pick_the_largest_region():
+    heat = np.zeros((2, 20, 30), np.float32)
+    heat[0, 2:5, 3:6] = 1.0  # small and brightest
+    heat[0, 10:18, 12:25] = 0.8  # large
+    np.testing.assert_array_equal(boxes(heat, threshold=0.5), [[12, 10, 24, 17], [0, 0, 29, 19]])
+    np.testing.assert_array_equal(boxes(heat[0], threshold=0.9), [3, 2, 5, 4])
+    with pytest.raises(ValueError, match="threshold"):
+        boxes(heat, threshold=0)
+    with pytest.raises(ValueError, match=r"\[H, W\] or \[N, H, W\]"):
+        boxes(np.zeros(5))
+
+
+def test_class_model_raises_the_class_score(shapenet):
+    result = class_model(shapenet.explainer, target=1, steps=20, lr=0.1, show_progress=False)
+    assert result.image.shape == INPUT_SHAPE and result.scores.shape == (21,)
+    assert result.scores[-1] > result.scores[0] + 1.0 and np.all(np.diff(result.scores) > 0)
+    with pytest.raises(ValueError, match="out of range"):
+        class_model(shapenet.explainer, target=len(CLASSES))
+
+
+def test_class_model_needs_the_saliency_gradient(tmp_path, shapenet):
+    path = tmp_path / "cam.onnx"
+    export_explainer(shapenet.model, path, input_shape=INPUT_SHAPE, layers=[shapenet.layer], methods=["gradcam"])
+    with pytest.raises(ValueError, match="saliency"):
+        class_model(Explainer(path, providers="cpu"), target=0)

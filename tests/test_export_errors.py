@@ -48,7 +48,26 @@ def test_metadata_describes_the_file(tmp_path):
     outputs = {o.name for o in onnx.load(str(path)).graph.output}
     assert outputs == {"logits", "explained_targets", "saliency.raw", "saliency.heatmap", "gradcam@3.raw",
                        "gradcam@3.heatmap", "activation@3", "gradient@3"}
-    assert [i.name for i in onnx.load(str(path)).graph.input] == ["images", "targets"]
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["images", "targets", "counterfactual"]
+
+
+def test_cam_needs_a_pooled_linear_head(tmp_path):
+    torch.manual_seed(0)
+    flat_head = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    with pytest.raises(ValueError, match="global average pooling then one linear layer between layer '1'"):
+        export_explainer(flat_head, tmp_path / "f.onnx", input_shape=(3, 8, 8), layers=["1"], methods=["cam"])
+    no_linear = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with pytest.raises(ValueError, match="has no nn.Linear"):
+        export_explainer(no_linear, tmp_path / "n.onnx", input_shape=(3, 8, 8), layers=["0"], methods=["cam"])
+
+
+def test_all_conv_taps_every_convolution(tmp_path):
+    info = export_explainer(_tiny(), tmp_path / "a.onnx", input_shape=(3, 16, 16), layers="all-conv",
+                            methods=["gradcam"])
+    assert info.layers == {"0": (8, 16, 16), "3": (8, 8, 8)}
+    with pytest.raises(LayerNotFoundError, match="no nn.Conv2d"):
+        export_explainer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), tmp_path / "b.onnx", input_shape=(3, 2, 2),
+                         layers="all-conv", methods=["gradcam"])
 
 
 def test_model_is_left_as_it_was(tmp_path):

@@ -11,11 +11,13 @@ resnet18, 4 in 10 on densenet121 saliency, by at most 2e-2; every other image ma
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import references
 import torch
-from conftest import images
+from conftest import PARITY_MODELS, images, methods_for
 
 from exporters import METHODS
 from exporters.validate import KINK_RTOL, RTOL, per_image_errors
@@ -24,49 +26,74 @@ EXACT_SHARE = 0.5
 # pytorch-grad-cam resizes with cv2.resize, whose bilinear weights are rounded to fixed point: measured
 # 3e-4 against exact bilinear on efficientnet_b0's 2x2 map (1e-6 on the others).
 HEATMAP_ATOL = 1e-3
-MODELS = ["resnet18", "vgg11_bn", "mobilenet_v2", "densenet121", "efficientnet_b0"]
 CASES = [(1, "predicted"), (1, "explicit"), (4, "predicted"), (4, "explicit")]
-# captum's GuidedBackprop rules nn.ReLU modules only; densenet121 also calls F.relu in forward(), so its
-# reference rules every ReLU call site (as our exporter does).
+# captum's GuidedBackprop and Deconvolution rule nn.ReLU modules only; densenet121 also calls F.relu in
+# forward(), so its references rule every ReLU call site (as our exporter does).
 CAPTUM_MISSES_RELUS = {"densenet121"}
+PYTORCH_GRAD_CAM = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 
 
-def _reference(method: str, e, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    if method == "saliency":
-        return references.saliency(e.model, x, targets)
-    if method == "guided_backprop":
-        if e.name in CAPTUM_MISSES_RELUS:
-            return references.guided_backprop_every_relu(e.model, x, targets)
-        return references.guided_backprop_captum(e.model, x, targets)
-    if method == "gradcam":
-        return references.gradcam_raw(e.model, e.layer, x, targets)
-    raise AssertionError(f"no reference for {method}")
+def _ruled(rule: str, e, x, targets):
+    if e.name in CAPTUM_MISSES_RELUS:
+        return references.relu_rule_every_relu(rule, e.model, x, targets)
+    return references.relu_rule_captum(rule, e.model, x, targets)
 
 
-REFERENCED = ("saliency", "guided_backprop", "gradcam")
+def _guided_cam(cam_method: str, e, x, targets):
+    """Guided backprop times the CAM heatmap at input resolution (pytorch-grad-cam's recipe)."""
+    cam = references.cam_family_raw(cam_method, e.model, e.layer, x, targets)
+    return _ruled("guided", e, x, targets) * references.exact_cam_heatmap(cam, x.shape[2:])[:, None]
+
+
+REFERENCES = {
+    "saliency": lambda e, x, t: references.saliency(e.model, x, t),
+    "gradient_x_input": lambda e, x, t: references.gradient_x_input(e.model, x, t),
+    "guided_backprop": functools.partial(_ruled, "guided"),
+    "deconvnet": functools.partial(_ruled, "deconvnet"),
+    "cam": lambda e, x, t: references.class_activation_map(e.model, e.layer, x, t),
+    **{m: functools.partial(lambda m, e, x, t: references.cam_family_raw(m, e.model, e.layer, x, t), m)
+       for m in PYTORCH_GRAD_CAM},
+    "guided_gradcam": functools.partial(_guided_cam, "gradcam"),
+    "guided_gradcam++": functools.partial(_guided_cam, "gradcam++"),
+}
 
 
 def test_every_method_has_a_reference():
-    assert set(METHODS) == set(REFERENCED), f"methods without a parity test: {set(METHODS) - set(REFERENCED)}"
+    assert set(METHODS) == set(REFERENCES), f"methods without a parity test: {set(METHODS) - set(REFERENCES)}"
 
 
 def _targets(kind: str, n: int) -> np.ndarray:
     return np.full(n, -1, np.int64) if kind == "predicted" else (np.arange(n) * 3 % 10).astype(np.int64)
 
 
-@pytest.mark.parametrize("method", REFERENCED)
-@pytest.mark.parametrize("model", MODELS)
-def test_raw_matches_reference(exported, model, method):
+@pytest.fixture(scope="module")
+def explained(exported):
+    """explained(model, case) -> (images, resolved targets, result): one run of the graph per case."""
+    cache = {}
+
+    def get(model: str, case: tuple[int, str]):
+        if (model, case) not in cache:
+            e = exported(model)
+            (batch, kind) = case
+            x, targets = images(batch, seed=batch), _targets(kind, batch)
+            result = e.explainer.explain(x, targets=targets)
+            logits = e.model(torch.from_numpy(x)).detach().numpy()
+            resolved = np.where(targets < 0, logits.argmax(1), targets)
+            np.testing.assert_array_equal(result.targets, resolved)
+            assert per_image_errors(result.logits, logits).max() <= RTOL
+            cache[model, case] = x, resolved, result
+        return cache[model, case]
+
+    return get
+
+
+@pytest.mark.parametrize(("model", "method"), [(m, k) for m in PARITY_MODELS for k in methods_for(m)])
+def test_raw_matches_reference(exported, explained, model, method):
     e = exported(model)
     errors = []
-    for batch, kind in CASES:
-        x, targets = images(batch, seed=batch), _targets(kind, batch)
-        result = e.explainer.explain(x, methods=[method], targets=targets)
-        logits = e.model(torch.from_numpy(x)).detach().numpy()
-        resolved = np.where(targets < 0, logits.argmax(1), targets)
-        np.testing.assert_array_equal(result.targets, resolved)
-        assert per_image_errors(result.logits, logits).max() <= RTOL
-        want = _reference(method, e, x, resolved)
+    for case in CASES:
+        x, resolved, result = explained(model, case)
+        want = REFERENCES[method](e, x, resolved)
         assert result[method].raw.shape == want.shape
         errors.extend(per_image_errors(result[method].raw, want))
     errors = np.array(errors)
@@ -74,13 +101,12 @@ def test_raw_matches_reference(exported, model, method):
     assert (errors <= RTOL).mean() >= EXACT_SHARE, f"per-image errors {errors}"
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_gradcam_heatmap_matches_pytorch_grad_cam(exported, model):
+@pytest.mark.parametrize(("model", "method"), [(m, k) for m in PARITY_MODELS for k in PYTORCH_GRAD_CAM])
+def test_cam_heatmap_matches_pytorch_grad_cam(exported, explained, model, method):
     e = exported(model)
-    x = images(4, seed=7)
-    result = e.explainer.explain(x, methods=["gradcam"])
-    want = references.gradcam_heatmap(e.model, e.layer, x, result.targets)
-    got = result["gradcam"].heatmap
+    x, resolved, result = explained(model, (4, "predicted"))
+    want = references.cam_family_heatmap(method, e.model, e.layer, x, resolved)
+    got = result[method].heatmap
     assert got.shape == want.shape == (4, 64, 64)
     errors = np.abs(got - want).reshape(4, -1).max(axis=1)
     assert errors.max() <= KINK_RTOL and (errors <= HEATMAP_ATOL).mean() >= 0.75, errors

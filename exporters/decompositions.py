@@ -16,19 +16,30 @@ from torch._decomp import core_aten_decompositions
 from exporters.errors import UnsupportedOpError
 
 aten = torch.ops.aten
-REGISTRY: dict[torch._ops.OpOverload, Callable] = {}
+REGISTRY: dict[torch._ops.OpOverload, Callable] = {}  # ATen op -> its decomposition
+# torch function -> its replacement during the trace, for composite ops that torch expands above the
+# decomposition table (and above autograd, so that their backward would be theirs)
+COMPOSITES: dict[Callable, Callable] = {}
 
 
-def register(op: torch._ops.OpOverload) -> Callable[[Callable], Callable]:
-    """Register `fn` as the decomposition of `op`."""
-
+def _registrar(table: dict, key, kind: str) -> Callable[[Callable], Callable]:
     def wrap(fn: Callable) -> Callable:
-        if op in REGISTRY:
-            warnings.warn(f"decomposition of {op} registered twice; {fn.__name__} replaces the first", stacklevel=2)
-        REGISTRY[op] = fn
+        if key in table:
+            warnings.warn(f"{kind} of {key} registered twice; {fn.__name__} replaces the first", stacklevel=3)
+        table[key] = fn
         return fn
 
     return wrap
+
+
+def register(op: torch._ops.OpOverload) -> Callable[[Callable], Callable]:
+    """Register the decorated function as the decomposition of `op`."""
+    return _registrar(REGISTRY, op, "decomposition")
+
+
+def register_composite(fn: Callable) -> Callable[[Callable], Callable]:
+    """Register the decorated function in place of the torch function `fn` during the trace."""
+    return _registrar(COMPOSITES, fn, "composite")
 
 
 def decomposition_table() -> dict:
@@ -160,10 +171,17 @@ def aten__adaptive_avg_pool2d(self, output_size):
     A_h @ x @ A_w^T with the averaging matrices.  ATen's composite adaptive_avg_pool2d restrides a 1x1
     result to the input's memory format with as_strided_, which on channels-last activations
     (convnext) leaves an as_strided_scatter in the backward that ONNX cannot express; that composite
-    runs above the decomposition table, so trace.py routes F.adaptive_avg_pool2d here.
+    runs above the decomposition table, so F.adaptive_avg_pool2d is routed here (see below).
     """
     (h, w), (oh, ow) = self.shape[-2:], output_size
     return _adaptive_matrix(h, oh, self.dtype) @ self @ _adaptive_matrix(w, ow, self.dtype).t()
+
+
+@register_composite(torch.nn.functional.adaptive_avg_pool2d)
+def adaptive_avg_pool2d(input, output_size):
+    """F.adaptive_avg_pool2d(input, output_size) through aten__adaptive_avg_pool2d."""
+    size = [output_size] * 2 if isinstance(output_size, int) else output_size
+    return aten__adaptive_avg_pool2d(input, [input.shape[-2 + i] if s is None else s for i, s in enumerate(size)])
 
 
 def _adaptive_matrix(size: int, out: int, dtype: torch.dtype) -> torch.Tensor:

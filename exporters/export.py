@@ -15,7 +15,7 @@ from torch import nn
 from exporters.errors import ExportError, UnsupportedOpError
 from exporters.layers import ALL_CONV, conv_layers, pooled_classifier, resolve_layers
 from exporters.methods import CLASSIFIER, METHODS
-from exporters.trace import Traced, frozen, trace
+from exporters.trace import FEATURE_SCORES, FeatureTarget, Traced, frozen, targets_shape, trace
 from exporters.translations import TRANSLATIONS, check_index_readers
 from exporters.validate import validate
 from onnx_explain import __version__
@@ -41,14 +41,16 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
                      layers: Sequence[str] | str = (),
                      methods: Sequence[str] = ("saliency", "guided_backprop", "gradcam"),
                      class_names: Sequence[str] | None = None, counterfactual: bool = False,
+                     top_k: int = 1, feature_layer: str | None = None, feature_score: str = "max",
                      validate_export: bool = True) -> GraphInfo:
     """Write one ONNX file that computes the logits and every requested method's map in a single run.
 
-    Inputs of the file: `images` float32 [N, C, H, W] (N dynamic), `targets` int64 [N], where -1
-    explains the predicted class, and `counterfactual`, a bool scalar that may be left out (its default
-    is the `counterfactual` argument).  Outputs: `logits`, `explained_targets` (the classes explained), per method
-    `<method>.raw` / `<method>.heatmap` (input methods) or `<method>@<layer>.raw` / `.heatmap` (layer
-    methods), and `activation@<layer>` / `gradient@<layer>` at each tapped layer.
+    Inputs of the file: `images` float32 [N, C, H, W] (N dynamic); `targets` int64 [N] (or [N, k] with
+    top_k=k), where -1 explains the predicted class (in column j, the j-th highest); `counterfactual`, a
+    bool scalar that may be left out (its default is the `counterfactual` argument).  Outputs: `logits`,
+    `explained_targets` (the classes explained), per method `<method>.raw` / `<method>.heatmap` (input
+    methods) or `<method>@<layer>.raw` / `.heatmap` (layer methods), and `activation@<layer>` /
+    `gradient@<layer>` at each tapped layer.
 
     Args:
         model: a classifier returning logits [N, classes]; it is traced in eval mode and left as it was.
@@ -60,14 +62,19 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         class_names: optional, one per logit; stored in the file.
         counterfactual: the default of the file's `counterfactual` input: CAM-family maps of the regions
             that argue against the class (the gradient at the layer with its sign flipped).
+        top_k: targets per image, explained in the same run; every map gets a k axis after N.
+        feature_layer: makes the targets channels of this layer instead of classes (Zeiler & Fergus):
+            the input methods then reconstruct that feature in input space; -1 is the strongest channel.
+        feature_score: "max" (the channel's strongest activation) or "sum" (its total activation).
         validate_export: compare ONNX Runtime (default optimisation level) with torch after export.
 
     Returns:
         The GraphInfo written into the file's metadata.
 
     Raises:
-        ValueError: unknown method, bad input shape, a layer method without layers, or cam on a model
-            whose layer is not followed by global average pooling and one linear layer.
+        ValueError: unknown method, bad input shape, a layer method without layers, cam on a model
+            whose layer is not followed by global average pooling and one linear layer, or a feature
+            target with a layer method or an unknown score.
         LayerNotFoundError: a layer name that is not a module (close candidates are listed).
         UnsupportedOpError: an op that cannot be differentiated or exported (named with its module).
         ExportValidationError: ONNX Runtime disagrees with torch.
@@ -84,12 +91,22 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
     if any(m.at == "layer" for m in chosen) and not layer_names:
         raise ValueError(f"methods {[m.name for m in chosen if m.at == 'layer']} need layers=[...]: "
                          "name the module(s) whose activations they explain")
+    if feature_layer is not None:
+        _check_feature_target(chosen, feature_score)
     with frozen(model):
         tapped = resolve_layers(model, layer_names, input_shape) if any(m.at == "layer" for m in chosen) else {}
         num_classes = _num_classes(model, input_shape)
+        feature = None
+        if feature_layer is not None:
+            info = resolve_layers(model, [feature_layer], input_shape)[feature_layer]
+            feature = FeatureTarget(feature_layer, info, feature_score)
+        choices = feature.info.shape[0] if feature else num_classes
+        if not 1 <= top_k <= choices:
+            raise ValueError(f"top_k must be between 1 and the number of {'channels' if feature else 'classes'} "
+                             f"({choices}), got {top_k}")
         classifier = (pooled_classifier(model, list(tapped), input_shape)
                       if any(m.layer_rule == CLASSIFIER for m in chosen) else None)
-        traced = trace(model, input_shape, chosen, tapped, classifier)
+        traced = trace(model, input_shape, chosen, tapped, classifier, top_k, feature)
         proto = _to_onnx(traced, counterfactual)
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} outputs")
@@ -97,7 +114,8 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         input_shape=input_shape, num_classes=num_classes,
         class_names=tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes)),
         maps=tuple(_map_outputs(chosen, tapped)), layers={k: v.shape for k, v in tapped.items()},
-        producer=f"onnx-explain {__version__}", opset=_opset(proto))
+        producer=f"onnx-explain {__version__}", opset=_opset(proto), top_k=top_k,
+        feature={"layer": feature.layer, "score": feature.score, "channels": choices} if feature else None)
     write_info(proto, info)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +131,15 @@ def _check_methods(methods: Sequence[str]):
     if unknown or not names:
         raise ValueError(f"unknown methods {unknown}; available: {sorted(METHODS)}")
     return [METHODS[m] for m in dict.fromkeys(names)]
+
+
+def _check_feature_target(chosen, score: str) -> None:
+    if score not in FEATURE_SCORES:
+        raise ValueError(f"feature_score must be one of {FEATURE_SCORES}, got {score!r}")
+    layer_methods = [m.name for m in chosen if m.at == "layer"]
+    if layer_methods:
+        raise ValueError(f"feature targets explain a channel in input space with input methods; {layer_methods} "
+                         "explain a class at a layer (export them without feature_layer)")
 
 
 def _num_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -138,7 +165,7 @@ def _to_onnx(traced: Traced, counterfactual: bool) -> onnx.ModelProto:
     joint = _Joint(traced)
     n = torch.export.Dim("N", min=1, max=65536)
     images = torch.randn(2, *traced.input_shape)
-    targets = torch.full((2,), -1, dtype=torch.int64)
+    targets = torch.full(targets_shape(2, traced.top_k), -1, dtype=torch.int64)
     flag = torch.tensor(False)
     try:
         with warnings.catch_warnings():

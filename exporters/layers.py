@@ -23,7 +23,7 @@ class LayerInfo:
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence[int]) -> dict[str, LayerInfo]:
-    """Check that each name is a module that runs once per forward pass and returns one tensor."""
+    """Check that each name is a module that runs once per forward pass and returns one feature map."""
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules or name == "":
@@ -48,11 +48,12 @@ def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence
             raise LayerNotFoundError(
                 f"layer {name!r} ({kind}) runs {len(outs)} times per forward pass; a layer to explain must run "
                 "exactly once (a shared module such as a reused ReLU cannot be tapped: pick its parent block)")
-        if not isinstance(outs[0], torch.Tensor) or outs[0].dim() != 4:
-            got = tuple(outs[0].shape) if isinstance(outs[0], torch.Tensor) else type(outs[0]).__name__
+        out = outs[0]
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise LayerNotFoundError(
                 f"layer {name!r} ({kind}) outputs {got}; CAM methods need a [N, C, h, w] feature map")
-        layers[name] = LayerInfo(kind, tuple(outs[0].shape[1:]))
+        layers[name] = LayerInfo(kind, tuple(out.shape[1:]))
     return layers
 
 
@@ -88,7 +89,7 @@ def pooled_classifier(model: nn.Module, layers: Sequence[str], input_shape: Sequ
             h.remove()
     for layer in layers:
         act = outputs[layer]  # as the model left it: torchvision densenet rectifies its features in place
-        pooled = act.mean(dim=(2, 3)) if act.shape[1] == fc.in_features else None
+        pooled = act.mean(dim=(2, 3)) if act.dim() == 4 and act.shape[1] == fc.in_features else None
         if pooled is None or not torch.allclose(nn.functional.linear(pooled, fc.weight, fc.bias), logits,
                                                 rtol=1e-4, atol=1e-4 * float(logits.abs().max())):
             raise ValueError(

@@ -8,19 +8,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from exporters.decompositions import aten__adaptive_avg_pool2d, decomposition_table
+from exporters.decompositions import COMPOSITES, decomposition_table
 from exporters.errors import UnsupportedOpError
 from exporters.layers import LayerInfo
 from exporters.methods import CLASSIFIER, HeadInputs, Method
 from exporters.rules import relu_rule
-
-TRACE_BATCH = 2  # a batch of 1 would let the tracer specialise N to a constant
 
 
 @dataclass
@@ -32,6 +29,7 @@ class Traced:
     output_names: list[str]
     input_shape: tuple[int, ...]
     origins: dict[str, str]  # ATen op name -> the module that first called it
+    top_k: int = 1  # targets per image
 
 
 @contextlib.contextmanager
@@ -50,16 +48,11 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-class _PlainAdaptivePool(TorchFunctionMode):
-    """Routes F.adaptive_avg_pool2d to the matrix form (see aten__adaptive_avg_pool2d)."""
+class _Composites(TorchFunctionMode):
+    """Routes the torch functions registered with register_composite to their replacements."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.adaptive_avg_pool2d:
-            x, size = args[0], args[1] if len(args) > 1 else (kwargs or {})["output_size"]
-            size = [size, size] if isinstance(size, int) else [x.shape[-2 + i] if s is None else s
-                                                               for i, s in enumerate(size)]
-            return aten__adaptive_avg_pool2d(x, size)
-        return func(*args, **(kwargs or {}))
+        return COMPOSITES.get(func, func)(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
@@ -87,64 +80,113 @@ def _taps(model: nn.Module, deltas: dict[str, torch.Tensor], acts: dict[str, tor
             h.remove()
 
 
+FEATURE_SCORES = ("max", "sum")
+
+
+@dataclass(frozen=True)
+class FeatureTarget:
+    """Targets that are channels of a layer (Zeiler & Fergus): the score of channel c is the maximum or
+    the sum of its activation map."""
+
+    layer: str
+    info: LayerInfo
+    score: str  # "max" or "sum"
+
+
 def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str, LayerInfo],
-                   classifier: str | None = None):
-    """f(params, images, targets, counterfactual) -> outputs: the forward pass, one backward pass per ReLU
-    rule the methods read (all sharing the forward), and the methods' heads.  `classifier` names the
-    weight of the linear layer whose rows are CAM's class weights."""
+                   classifier: str | None = None, top_k: int = 1, feature: FeatureTarget | None = None):
+    """f(params, images, targets, counterfactual) -> outputs: the forward pass, then for each target of
+    an image one backward pass per ReLU rule the methods read (all sharing the forward), and the
+    methods' heads.  `classifier` names the weight of the linear layer whose rows are CAM's class
+    weights.  With top_k > 1, targets are [N, k] and every map gets a k axis after N.  With a feature
+    target, the score is a channel of that layer instead of a logit (input methods only)."""
     input_rules = {m.input_rule for m in methods} - {None}
     layer_rules = {m.layer_rule for m in methods} - {None, CLASSIFIER}
+    taps = {**layers, **({feature.layer: feature.info} if feature else {})}
 
     def f(params, images, targets, counterfactual):
         n = images.shape[0]
-        deltas = {name: images.new_zeros((n, *info.shape)) for name, info in layers.items()}
+        deltas = {name: images.new_zeros((n, *info.shape)) for name, info in taps.items()}
 
         def forward(x, d):
             acts: dict[str, torch.Tensor] = {}
-            with _taps(model, d, acts), _PlainAdaptivePool():
+            with _taps(model, d, acts), _Composites():
                 logits = torch.func.functional_call(model, params, (x,))
             return logits, acts
 
-        if input_rules:
+        if feature:
+            def feature_forward(x):
+                logits, acts = forward(x, deltas)
+                return acts[feature.layer], (logits, acts)
+
+            fmap, vjp_fn, (logits, acts) = torch.func.vjp(feature_forward, images, has_aux=True)
+            scores = fmap.amax(dim=(2, 3)) if feature.score == "max" else fmap.sum(dim=(2, 3))
+        elif input_rules:
             logits, vjp_fn, acts = torch.func.vjp(forward, images, deltas, has_aux=True)
         else:  # layer methods only: the backward passes stop at the layers
             logits, vjp_fn, acts = torch.func.vjp(lambda d: forward(images, d), deltas, has_aux=True)
-        resolved = torch.where(targets < 0, logits.argmax(dim=1), targets)
-        cotangent = torch.nn.functional.one_hot(resolved, logits.shape[1]).to(logits.dtype)
-        input_grads, layer_grads = {}, {}
-        for rule in sorted(input_rules | layer_rules):
-            with relu_rule(rule):
-                grads = vjp_fn(cotangent)
-            input_grads[rule], layer_grads[rule] = (grads[0] if input_rules else None), grads[-1]
-        if classifier:
-            weights = params[classifier][resolved][:, :, None, None]
-            layer_grads[CLASSIFIER] = dict.fromkeys(layers, weights)
-        out = {"logits": logits, "explained_targets": resolved}
-        for m in methods:
-            if m.at == "input":
-                out[f"{m.name}.raw"], out[f"{m.name}.heatmap"] = m.head(HeadInputs(images, input_grads[m.input_rule]))
+        if not feature:
+            scores = logits
         # counterfactual maps (Selvaraju et al.) flip the gradient at the layer: regions against the class
         sign = 1 - 2 * counterfactual.to(images.dtype)
-        for name in layers:
-            out[f"activation@{name}"] = acts[name]
-            if "plain" in layer_grads:
-                out[f"gradient@{name}"] = layer_grads["plain"][name]
-            for m in (m for m in methods if m.at == "layer"):
-                grad = layer_grads[m.layer_rule][name] * sign
-                x = HeadInputs(images, input_grads.get(m.input_rule), acts[name], grad)
-                out[f"{m.name}@{name}.raw"], out[f"{m.name}@{name}.heatmap"] = m.head(x)
-        return out
+
+        def maps(target: torch.Tensor) -> dict[str, torch.Tensor]:
+            if feature:
+                cotangent = _feature_cotangent(fmap, target, feature.score)
+            else:
+                cotangent = torch.nn.functional.one_hot(target, logits.shape[1]).to(logits.dtype)
+            input_grads, layer_grads, out = {}, {}, {}
+            for rule in sorted(input_rules | layer_rules):
+                with relu_rule(rule):
+                    grads = vjp_fn(cotangent)
+                input_grads[rule], layer_grads[rule] = (grads[0] if input_rules else None), grads[-1]
+            if classifier:
+                layer_grads[CLASSIFIER] = dict.fromkeys(layers, params[classifier][target][:, :, None, None])
+            for m in (m for m in methods if m.at == "input"):
+                out[f"{m.name}.raw"], out[f"{m.name}.heatmap"] = m.head(HeadInputs(images, input_grads[m.input_rule]))
+            for name in layers:
+                if "plain" in layer_grads:
+                    out[f"gradient@{name}"] = layer_grads["plain"][name]
+                for m in (m for m in methods if m.at == "layer"):
+                    grad = layer_grads[m.layer_rule][name] * sign
+                    x = HeadInputs(images, input_grads.get(m.input_rule), acts[name], grad)
+                    out[f"{m.name}@{name}.raw"], out[f"{m.name}@{name}.heatmap"] = m.head(x)
+            return out
+
+        if top_k == 1:
+            resolved = torch.where(targets < 0, scores.argmax(dim=1), targets)
+            per_target = maps(resolved)
+        else:  # -1 in column j: the j-th highest class (or channel)
+            resolved = torch.where(targets < 0, scores.topk(top_k, dim=1).indices, targets)
+            columns = [maps(target) for target in resolved.unbind(1)]
+            per_target = {key: torch.stack([c[key] for c in columns], dim=1) for key in columns[0]}
+        return {"logits": logits, "explained_targets": resolved,
+                **{f"activation@{name}": acts[name] for name in layers}, **per_target}
 
     return f
 
 
+def _feature_cotangent(fmap: torch.Tensor, channel: torch.Tensor, score: str) -> torch.Tensor:
+    """d score / d fmap for the channel of each image: ones over the channel ("sum"), or one at the
+    channel's first maximum ("max", where torch's max(dim) sends the gradient)."""
+    n, c, h, w = fmap.shape
+    chosen = torch.nn.functional.one_hot(channel, c).to(fmap.dtype)[:, :, None, None]  # [N, C, 1, 1]
+    if score == "sum":
+        return chosen.expand(n, c, h, w)
+    plane = torch.gather(fmap, 1, channel[:, None, None, None].expand(n, 1, h, w)).reshape(n, h * w)
+    peak = torch.nn.functional.one_hot(plane.argmax(dim=1), h * w).to(fmap.dtype).reshape(n, 1, h, w)
+    return chosen * peak
+
+
 def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method],
-          layers: dict[str, LayerInfo], classifier: str | None = None) -> Traced:
+          layers: dict[str, LayerInfo], classifier: str | None = None, top_k: int = 1,
+          feature: FeatureTarget | None = None) -> Traced:
     """Trace the joint function with a symbolic batch dimension; parameters become graph inputs."""
     params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    f = joint_function(model, methods, layers, classifier)
-    images = torch.randn(TRACE_BATCH, *input_shape)
-    targets = torch.full((TRACE_BATCH,), -1, dtype=torch.int64)
+    f = joint_function(model, methods, layers, classifier, top_k, feature)
+    batch = _trace_batch(params, input_shape, top_k)
+    images = torch.randn(batch, *input_shape)
+    targets = torch.full(targets_shape(batch, top_k), -1, dtype=torch.int64)
     counterfactual = torch.tensor(False)
     origins = op_origins(model, images)
     try:
@@ -155,7 +197,20 @@ def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method
         raise UnsupportedOpError(_explain_trace_error(e, origins)) from e
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    return Traced(gm, params, names, tuple(input_shape), origins)
+    return Traced(gm, params, names, tuple(input_shape), origins, top_k)
+
+
+def _trace_batch(params: dict[str, torch.Tensor], input_shape: Sequence[int], top_k: int) -> int:
+    """A batch size of 2 or more that no other input size equals: the symbolic tracer gives equal sizes
+    one symbol, which would tie the batch to a channel count, top_k or a parameter's size (a binary
+    classifier's weight [2, F]) and bake it into the graph (a batch of 1 would specialise too)."""
+    taken = {top_k, *input_shape, *(d for p in params.values() for d in p.shape)}
+    return next(b for b in range(2, 10_000) if b not in taken)
+
+
+def targets_shape(n: int, top_k: int) -> tuple[int, ...]:
+    """The `targets` input: [N] for one target per image, [N, k] for k."""
+    return (n,) if top_k == 1 else (n, top_k)
 
 
 def _as_tuple(f):

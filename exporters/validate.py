@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from exporters.errors import ExportValidationError
-from exporters.trace import Traced
+from exporters.trace import Traced, targets_shape
 from onnx_explain.explainer import Explainer
 
 VALIDATION_BATCH = 8  # differs from the trace batch, so a batch size baked into the graph is caught
@@ -57,7 +57,10 @@ def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
     """
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(VALIDATION_BATCH, *traced.input_shape, generator=gen)
-    targets = torch.tensor([-1] + [0] * (VALIDATION_BATCH - 1), dtype=torch.int64)
+    targets = torch.zeros(targets_shape(VALIDATION_BATCH, traced.top_k), dtype=torch.int64)
+    targets[0] = -1  # the first image explains its predicted class(es), the others class 0 (and up)
+    if traced.top_k > 1:
+        targets[1:] = torch.arange(traced.top_k)
     counterfactual = torch.tensor(False)
     with torch.no_grad():
         expected = [t.numpy() for t in traced.graph(traced.params, images, targets, counterfactual)]

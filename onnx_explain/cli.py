@@ -32,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("--methods", nargs="+", default=None, help="methods to export (default: all available)")
     exp.add_argument("--input-shape", nargs=3, type=int, default=None, metavar=("C", "H", "W"),
                      help="one image's shape (default: 3 64 64 for shapenet, 3 224 224 otherwise)")
+    exp.add_argument("--top-k", type=int, default=1, help="classes explained per image in one run (default 1)")
+    exp.add_argument("--feature-layer", default=None,
+                     help="explain channels of this layer instead of classes (input methods only)")
+    exp.add_argument("--feature-score", choices=["max", "sum"], default="max",
+                     help="a channel's score: its strongest or its total activation (default max)")
 
     ex = sub.add_parser("explain", help="explain image files with an exported graph and write overlays")
     ex.add_argument("model", type=Path, help="an .onnx file written by `onnx-explain export`")
@@ -69,7 +74,8 @@ def _export(args: argparse.Namespace) -> None:
     layers = args.layers if args.layers is not None else default_layers
     methods = args.methods or sorted(METHODS)
     info = export_explainer(model, args.output, input_shape=args.input_shape or default_shape, layers=layers,
-                            methods=methods, class_names=class_names)
+                            methods=methods, class_names=class_names, top_k=args.top_k,
+                            feature_layer=args.feature_layer, feature_score=args.feature_score)
     print(f"wrote {args.output}: methods {list(info.methods)}, layers {list(info.layers)}, "
           f"input [N, {', '.join(map(str, info.input_shape))}]")
 
@@ -84,13 +90,19 @@ def _explain(args: argparse.Namespace) -> None:
             x = x - np.asarray(args.mean, np.float32)[:, None, None]
         if args.std is not None:
             x = x / np.asarray(args.std, np.float32)[:, None, None]
-        result = explainer.explain(x[None].astype(np.float32), methods=args.methods, targets=args.target,
+        targets = args.target if explainer.info.top_k == 1 else None  # a file with k targets explains its top k
+        result = explainer.explain(x[None].astype(np.float32), methods=args.methods, targets=targets,
                                    counterfactual=args.counterfactual or None)
+        chosen = np.atleast_1d(result.targets[0])
         for (method, layer), m in result.maps.items():
-            name = f"{path.stem}.{method}" + (f"@{layer}" if layer else "") + ".png"
-            save_png(args.out / name, overlay(image, m.heatmap[0]))
+            stem = f"{path.stem}.{method}" + (f"@{layer}" if layer else "")
+            heatmaps = m.heatmap[0] if explainer.info.top_k > 1 else m.heatmap[0][None]
+            for target, heatmap in zip(chosen, heatmaps, strict=True):
+                suffix = "" if len(chosen) == 1 else f".target{target}"
+                save_png(args.out / f"{stem}{suffix}.png", overlay(image, heatmap))
         save_png(args.out / f"{path.stem}.input.png", to_rgb8(image))
-        print(f"{path}: class {result.labels[0]} (logit {result.logits[0, result.targets[0]]:.3f})")
+        predicted = explainer.info.class_names[int(result.logits[0].argmax())]
+        print(f"{path}: explained {result.labels[0]} (predicted class {predicted})")
     print(f"overlays in {args.out.resolve()}")
 
 

@@ -75,19 +75,21 @@ class Explainer:
         Args:
             images: float32 [N, C, H, W], preprocessed as the model expects.
             methods: a subset of self.methods; None means all of them.
-            targets: int64 [N] classes to explain (-1: the predicted class), one int for all, or None.
+            targets: int64 [N] classes to explain (-1: the predicted class), one int for all, or None; for
+                a file exported with top_k=k, [N, k] (-1 in column j: the j-th highest class) or None.
             counterfactual: True maps, for the CAM family, the regions that argue against the target (the
                 gradient at the layer with its sign flipped); None keeps the default set at export.
 
         Returns:
-            Explanation with .logits, .targets and result[method].heatmap / .raw.
+            Explanation with .logits, .targets and result[method].heatmap / .raw (with top_k=k, a k axis
+            after N: targets [N, k], heatmaps [N, k, H, W]).
 
         Raises:
             ValueError: wrong shape, dtype, NaN or inf in images; bad targets; unknown method; counterfactual
                 asked of a file exported before it existed.
         """
         images = check_images(images, self.info.input_shape)
-        targets = check_targets(targets, len(images), self.info.num_classes)
+        targets = check_targets(targets, len(images), len(self.info.target_names), self.info.top_k)
         maps = self._select(methods)
         names = ["logits", "explained_targets"] + [n for m in maps for n in (m.raw, m.heatmap)]
         feeds = {"images": images, "targets": targets}
@@ -99,7 +101,7 @@ class Explainer:
         logits, explained, rest = values[0], values[1], values[2:]
         result = {(m.method, m.layer): Map(m.method, m.layer, rest[2 * i + 1], rest[2 * i])
                   for i, m in enumerate(maps)}
-        return Explanation(logits, explained, result, self.info.class_names)
+        return Explanation(logits, explained, result, self.info.target_names)
 
     def _select(self, methods):
         if methods is None:

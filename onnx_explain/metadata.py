@@ -32,6 +32,15 @@ class GraphInfo:
     layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # tapped layer -> [C, h, w]
     producer: str = ""
     opset: int = 0
+    top_k: int = 1  # targets per image: `targets` is [N] for 1, [N, k] otherwise, and maps get a k axis
+    feature: dict | None = None  # {"layer", "score", "channels"} when targets are channels of a layer
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """What a target index names: a class, or a channel of the feature layer."""
+        if self.feature:
+            return tuple(f"{self.feature['layer']}[{c}]" for c in range(self.feature["channels"]))
+        return self.class_names
 
     @property
     def methods(self) -> tuple[str, ...]:

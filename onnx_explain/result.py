@@ -60,21 +60,28 @@ class Explanation:
             raise KeyError(f"no map for method {method!r}; this result has {list(self.methods)}")
         if found[0].layer is None:
             raise KeyError(f"{method!r} is an input method: it has one map, nothing to fuse")
-        height, width = found[0].heatmap.shape[1:]
-        if found[0].raw.ndim == 3:
-            per_layer = [[cv2.resize(_scaled(np.maximum(r, 0)), (width, height)) for r in m.raw] for m in found]
-        else:
-            per_layer = [m.heatmap for m in found]
-        stacked = np.maximum(np.asarray(per_layer, np.float32).transpose(1, 0, 2, 3), 0)
+        per_layer = [_resized_cam(m) if m.raw.ndim == m.heatmap.ndim else m.heatmap for m in found]
+        stacked = np.maximum(np.stack(per_layer, axis=1), 0)  # [N, L, (k,) H, W]
         return Map(method, "+".join(m.layer for m in found), _scaled(stacked.mean(axis=1)), stacked)
 
     def __contains__(self, key: object) -> bool:
         return key in self.methods or key in self.maps
 
     @property
-    def labels(self) -> list[str]:
-        """The class name of each explained target."""
-        return [self.class_names[t] if t < len(self.class_names) else str(t) for t in self.targets]
+    def labels(self) -> list:
+        """The class name of each explained target ([N], or [N][k] with several targets per image)."""
+        def name(t: int) -> str:
+            return self.class_names[t] if t < len(self.class_names) else str(t)
+
+        return [name(t) if np.ndim(t) == 0 else [name(c) for c in t] for t in self.targets.tolist()]
+
+
+def _resized_cam(found: Map) -> np.ndarray:
+    """A CAM `raw` at layer resolution, rectified, scaled and resized to its heatmap's size with cv2."""
+    height, width = found.heatmap.shape[-2:]
+    maps = found.raw.reshape(-1, *found.raw.shape[-2:])
+    resized = [cv2.resize(_scaled(np.maximum(m, 0)), (width, height)) for m in maps]
+    return np.stack(resized).reshape(found.heatmap.shape)
 
 
 def _scaled(maps: np.ndarray) -> np.ndarray:

@@ -108,7 +108,7 @@ def layer_activation_and_gradient(model, layer: str, images: np.ndarray, targets
     return store["act"].detach().numpy(), store["grad"].numpy()
 
 
-def _grad_cam_class(method: str):
+def grad_cam_class(method: str):
     import pytorch_grad_cam as pgc
 
     return {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
@@ -119,7 +119,7 @@ def cam_family_raw(method: str, model, layer: str, images: np.ndarray, targets: 
     """ReLU of pytorch-grad-cam's own map (its get_cam_image, weights included) on hook-captured A and G."""
     act, grad = layer_activation_and_gradient(model, layer, images, targets)
     module = dict(model.named_modules())[layer]
-    cam = _grad_cam_class(method)(model=model, target_layers=[module])
+    cam = grad_cam_class(method)(model=model, target_layers=[module])
     try:
         return np.maximum(cam.get_cam_image(torch.from_numpy(images), module, None, act, grad, False), 0)
     finally:
@@ -130,7 +130,7 @@ def cam_family_heatmap(method: str, model, layer: str, images: np.ndarray, targe
     """The heatmap pytorch-grad-cam returns: rectified, scaled, resized with cv2, scaled."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    with _grad_cam_class(method)(model=model, target_layers=[dict(model.named_modules())[layer]]) as cam:
+    with grad_cam_class(method)(model=model, target_layers=[dict(model.named_modules())[layer]]) as cam:
         return cam(torch.from_numpy(images), targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
 
@@ -150,3 +150,21 @@ def exact_cam_heatmap(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     up = F.interpolate(scale(torch.from_numpy(raw))[:, None], size=size, mode="bilinear", align_corners=False)
     return scale(up[:, 0]).numpy()
+
+
+def feature_gradient(rule: str, model, layer: str, score: str, images: np.ndarray,
+                     channels: np.ndarray) -> np.ndarray:
+    """d (max or sum of channel c's activation at the layer) / d images, with the ReLU rule at every
+    ReLU call ("plain": autograd's own); torch's max(dim) sends the gradient to the first maximum."""
+    store: dict = {}
+    x = torch.from_numpy(images).requires_grad_(True)
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out))
+    try:
+        with _RuleEveryReLU(rule) if rule != "plain" else contextlib.nullcontext():
+            model(x)
+    finally:
+        handle.remove()
+    plane = store["a"][torch.arange(len(images)), torch.from_numpy(channels)].flatten(1)
+    total = plane.max(dim=1).values.sum() if score == "max" else plane.sum()
+    (grad,) = torch.autograd.grad(total, x)
+    return grad.numpy()

@@ -36,3 +36,13 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "error: no explanation graph" in capsys.readouterr().err
     assert main(["export", "resnet19", str(tmp_path / "m.onnx")]) == 2
     assert "unknown model 'resnet19'" in capsys.readouterr().err
+
+
+def test_top_k_file_writes_one_overlay_per_target(tmp_path, capsys):
+    model = tmp_path / "top2.onnx"
+    assert main(["export", "shapenet", str(model), "--methods", "gradcam", "--top-k", "2"]) == 0
+    image = save_png(tmp_path / "img.png", to_rgb8(make_shapes(1, TEST_SEED).images[0]))
+    out = tmp_path / "maps"
+    assert main(["explain", str(model), str(image), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir() if "gradcam" in p.name)
+    assert len(names) == 2 and all(".target" in n for n in names)

@@ -212,3 +212,64 @@ def test_class_model_needs_the_saliency_gradient(tmp_path, shapenet):
     export_explainer(shapenet.model, path, input_shape=INPUT_SHAPE, layers=[shapenet.layer], methods=["gradcam"])
     with pytest.raises(ValueError, match="saliency"):
         class_model(Explainer(path, providers="cpu"), target=0)
+
+
+def test_top_k_explains_several_classes_in_one_run(tmp_path, shapenet, held_out):
+    path = tmp_path / "top2.onnx"
+    info = export_explainer(shapenet.model, path, input_shape=INPUT_SHAPE, layers=[shapenet.layer],
+                            methods=["gradcam", "saliency", "cam"], top_k=2)
+    explainer = Explainer(path, providers="cpu")
+    x = held_out.images[:3]
+    result = explainer.explain(x)
+    assert info.top_k == 2 and result.targets.shape == (3, 2) and len(result.labels[0]) == 2
+    np.testing.assert_array_equal(result.targets, np.argsort(-result.logits, axis=1)[:, :2])
+    assert result["gradcam"].heatmap.shape == (3, 2, 64, 64) and result["saliency"].raw.shape == (3, 2, 3, 64, 64)
+    assert result.fused("gradcam").heatmap.shape == (3, 2, 64, 64)
+    for j in range(2):
+        single = shapenet.explainer.explain(x, targets=result.targets[:, j])
+        for method in ("gradcam", "saliency", "cam"):
+            want = single[method].raw
+            np.testing.assert_allclose(result[method].raw[:, j], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    explicit = explainer.explain(x, targets=np.array([[0, 3]] * 3))
+    np.testing.assert_array_equal(explicit.targets, [[0, 3]] * 3)
+    with pytest.raises(ValueError, match=r"\[N, k\] = \[3, 2\]"):
+        explainer.explain(x, targets=[0, 1, 2])
+    with pytest.raises(ValueError, match="top_k must be between 1 and the number of classes"):
+        export_explainer(shapenet.model, tmp_path / "bad.onnx", input_shape=INPUT_SHAPE, methods=["saliency"],
+                         top_k=len(CLASSES) + 1)
+
+
+@pytest.mark.parametrize("score", ["max", "sum"])
+def test_feature_targets_reconstruct_a_channel(tmp_path, shapenet, held_out, score):
+    layer, methods = "features.8", ["deconvnet", "gradient_x_input", "guided_backprop", "saliency"]
+    path = tmp_path / f"feature-{score}.onnx"
+    info = export_explainer(shapenet.model, path, input_shape=INPUT_SHAPE, methods=methods, feature_layer=layer,
+                            feature_score=score)
+    assert info.feature == {"layer": layer, "score": score, "channels": 64}
+    explainer = Explainer(path, providers="cpu")
+    x = held_out.images[:3]
+    with torch.no_grad():
+        act = {}
+        handle = dict(shapenet.model.named_modules())[layer].register_forward_hook(
+            lambda _m, _i, out: act.__setitem__("a", out.clone()))
+        shapenet.model(torch.from_numpy(x))
+        handle.remove()
+    per_channel = act["a"].amax(dim=(2, 3)) if score == "max" else act["a"].sum(dim=(2, 3))
+    for targets in (None, np.array([5, 17, 63])):
+        result = explainer.explain(x, targets=targets)
+        want_channels = per_channel.argmax(dim=1).numpy() if targets is None else targets
+        np.testing.assert_array_equal(result.targets, want_channels)
+        assert result.labels[0] == f"{layer}[{want_channels[0]}]"
+        for method, rule in (("saliency", "plain"), ("guided_backprop", "guided"), ("deconvnet", "deconvnet")):
+            want = references.feature_gradient(rule, shapenet.model, layer, score, x, result.targets)
+            np.testing.assert_allclose(result[method].raw, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        np.testing.assert_allclose(result["gradient_x_input"].raw, result["saliency"].raw * x, rtol=1e-5, atol=1e-7)
+
+
+def test_feature_targets_refuse_layer_methods_and_unknown_scores(tmp_path, shapenet):
+    with pytest.raises(ValueError, match=r"feature targets explain a channel in input space.*gradcam"):
+        export_explainer(shapenet.model, tmp_path / "f.onnx", input_shape=INPUT_SHAPE, layers=[shapenet.layer],
+                         methods=["gradcam", "saliency"], feature_layer="features.8")
+    with pytest.raises(ValueError, match="feature_score must be one of"):
+        export_explainer(shapenet.model, tmp_path / "f.onnx", input_shape=INPUT_SHAPE, methods=["saliency"],
+                         feature_layer="features.8", feature_score="mean")

@@ -90,7 +90,7 @@ def test_shared_layer_is_refused(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown methods \['lime'\]; available: \['gradcam'"):
+    with pytest.raises(ValueError, match=r"unknown methods \['lime'\]; available: \['cam', 'deconvnet'"):
         export_explainer(_tiny(), tmp_path / "t.onnx", input_shape=(3, 16, 16), methods=["lime"])
     with pytest.raises(ValueError, match=r"need layers=\[...\]"):
         export_explainer(_tiny(), tmp_path / "t.onnx", input_shape=(3, 16, 16), methods=["gradcam"])

@@ -89,7 +89,8 @@ class Explainer:
                 asked of a file exported before it existed.
         """
         images = check_images(images, self.info.input_shape)
-        targets = check_targets(targets, len(images), len(self.info.target_names), self.info.top_k)
+        what = f"channel of {self.info.feature['layer']}" if self.info.feature else "class"
+        targets = check_targets(targets, len(images), len(self.info.target_names), self.info.top_k, what)
         maps = self._select(methods)
         names = ["logits", "explained_targets"] + [n for m in maps for n in (m.raw, m.heatmap)]
         feeds = {"images": images, "targets": targets}

@@ -24,22 +24,23 @@ def check_images(images: object, input_shape: Sequence[int]) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
-def check_targets(targets: object, n: int, num_classes: int, top_k: int = 1) -> np.ndarray:
+def check_targets(targets: object, n: int, num_classes: int, top_k: int = 1, what: str = "class") -> np.ndarray:
     """None (the predicted classes), one class for all, or int64 [N] ([N, k] for a graph exported with
-    top_k=k, where None means the k highest classes); -1 means predicted (in column j, the j-th highest)."""
+    top_k=k, where None means the k highest classes); -1 means predicted (in column j, the j-th highest).
+    `what` names a target in messages: "class", or a channel for feature targets."""
     shape = (n,) if top_k == 1 else (n, top_k)
     if targets is None:
         return np.full(shape, -1, dtype=np.int64)
     arr = np.asarray(targets)
     if arr.dtype.kind not in "iu":
-        raise ValueError(f"targets must be integer class indices, got dtype {arr.dtype}")
+        raise ValueError(f"targets must be integer {what} indices, got dtype {arr.dtype}")
     if arr.ndim == 0 and top_k == 1:
         arr = np.full(n, int(arr), dtype=np.int64)
     if arr.shape != shape:
-        expected = (f"int64 [N] = [{n}] (one class per image" if top_k == 1 else
-                    f"int64 [N, k] = [{n}, {top_k}] (this file explains {top_k} classes per image")
-        raise ValueError(f"targets must be {expected}, -1 for the predicted class), got shape {list(arr.shape)}")
+        expected = (f"int64 [N] = [{n}] (one {what} per image" if top_k == 1 else
+                    f"int64 [N, k] = [{n}, {top_k}] (this file explains {top_k} per image")
+        raise ValueError(f"targets must be {expected}, -1 for the strongest), got shape {list(arr.shape)}")
     bad = arr[(arr < -1) | (arr >= num_classes)]
     if bad.size:
-        raise ValueError(f"targets {bad.tolist()} out of range; expected -1 (predicted class) or 0..{num_classes - 1}")
+        raise ValueError(f"targets {bad.tolist()} out of range; expected -1 (predicted {what}) or 0..{num_classes - 1}")
     return arr.astype(np.int64)

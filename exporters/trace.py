@@ -121,11 +121,11 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
 
             fmap, vjp_fn, (logits, acts) = torch.func.vjp(feature_forward, images, has_aux=True)
             scores = fmap.amax(dim=(2, 3)) if feature.score == "max" else fmap.sum(dim=(2, 3))
-        elif input_rules:
-            logits, vjp_fn, acts = torch.func.vjp(forward, images, deltas, has_aux=True)
-        else:  # layer methods only: the backward passes stop at the layers
-            logits, vjp_fn, acts = torch.func.vjp(lambda d: forward(images, d), deltas, has_aux=True)
-        if not feature:
+        else:
+            if input_rules:
+                logits, vjp_fn, acts = torch.func.vjp(forward, images, deltas, has_aux=True)
+            else:  # layer methods only: the backward passes stop at the layers
+                logits, vjp_fn, acts = torch.func.vjp(lambda d: forward(images, d), deltas, has_aux=True)
             scores = logits
         # counterfactual maps (Selvaraju et al.) flip the gradient at the layer: regions against the class
         sign = 1 - 2 * counterfactual.to(images.dtype)

@@ -91,15 +91,10 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
     if any(m.at == "layer" for m in chosen) and not layer_names:
         raise ValueError(f"methods {[m.name for m in chosen if m.at == 'layer']} need layers=[...]: "
                          "name the module(s) whose activations they explain")
-    if feature_layer is not None:
-        _check_feature_target(chosen, feature_score)
     with frozen(model):
         tapped = resolve_layers(model, layer_names, input_shape) if any(m.at == "layer" for m in chosen) else {}
         num_classes = _num_classes(model, input_shape)
-        feature = None
-        if feature_layer is not None:
-            info = resolve_layers(model, [feature_layer], input_shape)[feature_layer]
-            feature = FeatureTarget(feature_layer, info, feature_score)
+        feature = _feature_target(model, chosen, feature_layer, feature_score, input_shape)
         choices = feature.info.shape[0] if feature else num_classes
         if not 1 <= top_k <= choices:
             raise ValueError(f"top_k must be between 1 and the number of {'channels' if feature else 'classes'} "
@@ -133,13 +128,17 @@ def _check_methods(methods: Sequence[str]):
     return [METHODS[m] for m in dict.fromkeys(names)]
 
 
-def _check_feature_target(chosen, score: str) -> None:
+def _feature_target(model: nn.Module, chosen, layer: str | None, score: str,
+                    input_shape: tuple[int, ...]) -> FeatureTarget | None:
+    if layer is None:
+        return None
     if score not in FEATURE_SCORES:
         raise ValueError(f"feature_score must be one of {FEATURE_SCORES}, got {score!r}")
     layer_methods = [m.name for m in chosen if m.at == "layer"]
     if layer_methods:
         raise ValueError(f"feature targets explain a channel in input space with input methods; {layer_methods} "
                          "explain a class at a layer (export them without feature_layer)")
+    return FeatureTarget(layer, resolve_layers(model, [layer], input_shape)[layer], score)
 
 
 def _num_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:

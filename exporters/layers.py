@@ -32,15 +32,7 @@ def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence
             raise LayerNotFoundError(
                 f"layer {name!r} is not a module of {type(model).__name__}{hint} "
                 "(layers are named as in model.named_modules())")
-    outputs: dict[str, list] = {name: [] for name in names}
-    handles = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: outputs[name].append(out))
-               for name in names]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for h in handles:
-            h.remove()
+    outputs = _layer_outputs(model, names, torch.zeros(1, *input_shape))[1]
     layers = {}
     for name, outs in outputs.items():
         kind = type(modules[name]).__name__
@@ -77,18 +69,10 @@ def pooled_classifier(model: nn.Module, layers: Sequence[str], input_shape: Sequ
         raise ValueError(f"cam needs a model whose head is global average pooling then one linear layer; "
                          f"{type(model).__name__} has no nn.Linear (use gradcam, which needs no such head)")
     name, fc = linears[-1]
-    modules = dict(model.named_modules())
-    outputs: dict[str, torch.Tensor] = {}
-    handles = [modules[layer].register_forward_hook(lambda _m, _i, out, layer=layer: outputs.__setitem__(layer, out))
-               for layer in layers]
-    try:
-        with torch.no_grad():
-            logits = model(torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0)))
-    finally:
-        for h in handles:
-            h.remove()
+    images = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
+    logits, outputs = _layer_outputs(model, layers, images)
     for layer in layers:
-        act = outputs[layer]  # as the model left it: torchvision densenet rectifies its features in place
+        act = outputs[layer][0]  # as the model left it: torchvision densenet rectifies its features in place
         pooled = act.mean(dim=(2, 3)) if act.dim() == 4 and act.shape[1] == fc.in_features else None
         if pooled is None or not torch.allclose(nn.functional.linear(pooled, fc.weight, fc.bias), logits,
                                                 rtol=1e-4, atol=1e-4 * float(logits.abs().max())):
@@ -97,3 +81,18 @@ def pooled_classifier(model: nn.Module, layers: Sequence[str], input_shape: Sequ
                 f"in {type(model).__name__} the mean of {layer!r}'s output [{act.shape[1]} channels] through "
                 f"{name!r} ({fc.in_features} -> {fc.out_features}) does not give the logits (use gradcam)")
     return f"{name}.weight"
+
+
+def _layer_outputs(model: nn.Module, names: Sequence[str], images: torch.Tensor) -> tuple[object, dict[str, list]]:
+    """(the model's output, {name: every output of that module}) for one forward pass without gradients."""
+    modules = dict(model.named_modules())
+    outputs: dict[str, list] = {name: [] for name in names}
+    handles = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: outputs[name].append(out))
+               for name in names]
+    try:
+        with torch.no_grad():
+            result = model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return result, outputs

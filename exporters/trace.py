@@ -139,7 +139,9 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
             for rule in sorted(input_rules | layer_rules):
                 with relu_rule(rule):
                     grads = vjp_fn(cotangent)
-                input_grads[rule], layer_grads[rule] = (grads[0] if input_rules else None), grads[-1]
+                # grads: (d images, d deltas), (d images,) for feature targets, (d deltas,) for layers only
+                input_grads[rule] = grads[0] if input_rules else None
+                layer_grads[rule] = grads[-1] if layers else {}
             if classifier:
                 layer_grads[CLASSIFIER] = dict.fromkeys(layers, params[classifier][target][:, :, None, None])
             for m in (m for m in methods if m.at == "input"):

@@ -81,7 +81,7 @@ def relu_rule_every_relu(rule: str, model, images: np.ndarray, targets: np.ndarr
 
 
 @contextlib.contextmanager
-def _capture(module: torch.nn.Module, store: dict):
+def _capture(module: torch.nn.Module, store: dict, grads: bool = True):
     """The layer's output tensor and the gradient with respect to it, as pytorch-grad-cam takes them: a
     tensor hook registered at forward time sees d score / d output even if the model later modifies the
     output in place (torchvision densenet applies F.relu in place to `features`), while the stored
@@ -89,13 +89,22 @@ def _capture(module: torch.nn.Module, store: dict):
 
     def hook(_m, _i, out):
         store["act"] = out
-        out.register_hook(lambda grad: store.__setitem__("grad", grad))
+        if grads:
+            out.register_hook(lambda grad: store.__setitem__("grad", grad))
 
     handle = module.register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+
+
+def layer_output(model, layer: str, images: np.ndarray) -> torch.Tensor:
+    """The layer's output on the images, without gradients (a copy, so later in-place ops cannot touch it)."""
+    store: dict = {}
+    with _capture(dict(model.named_modules())[layer], store, grads=False), torch.no_grad():
+        model(torch.from_numpy(images))
+    return store["act"].clone()
 
 
 def layer_activation_and_gradient(model, layer: str, images: np.ndarray, targets: np.ndarray):
@@ -158,13 +167,10 @@ def feature_gradient(rule: str, model, layer: str, score: str, images: np.ndarra
     ReLU call ("plain": autograd's own); torch's max(dim) sends the gradient to the first maximum."""
     store: dict = {}
     x = torch.from_numpy(images).requires_grad_(True)
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out))
-    try:
+    with _capture(dict(model.named_modules())[layer], store, grads=False):
         with _RuleEveryReLU(rule) if rule != "plain" else contextlib.nullcontext():
             model(x)
-    finally:
-        handle.remove()
-    plane = store["a"][torch.arange(len(images)), torch.from_numpy(channels)].flatten(1)
+    plane = store["act"][torch.arange(len(images)), torch.from_numpy(channels)].flatten(1)
     total = plane.max(dim=1).values.sum() if score == "max" else plane.sum()
     (grad,) = torch.autograd.grad(total, x)
     return grad.numpy()

@@ -248,13 +248,8 @@ def test_feature_targets_reconstruct_a_channel(tmp_path, shapenet, held_out, sco
     assert info.feature == {"layer": layer, "score": score, "channels": 64}
     explainer = Explainer(path, providers="cpu")
     x = held_out.images[:3]
-    with torch.no_grad():
-        act = {}
-        handle = dict(shapenet.model.named_modules())[layer].register_forward_hook(
-            lambda _m, _i, out: act.__setitem__("a", out.clone()))
-        shapenet.model(torch.from_numpy(x))
-        handle.remove()
-    per_channel = act["a"].amax(dim=(2, 3)) if score == "max" else act["a"].sum(dim=(2, 3))
+    act = references.layer_output(shapenet.model, layer, x)
+    per_channel = act.amax(dim=(2, 3)) if score == "max" else act.sum(dim=(2, 3))
     for targets in (None, np.array([5, 17, 63])):
         result = explainer.explain(x, targets=targets)
         want_channels = per_channel.argmax(dim=1).numpy() if targets is None else targets

@@ -39,6 +39,10 @@ def _ruled(rule: str, e, x, targets):
     return references.relu_rule_captum(rule, e.model, x, targets)
 
 
+def _cam_family(method: str, e, x, targets):
+    return references.cam_family_raw(method, e.model, e.layer, x, targets)
+
+
 def _guided_cam(cam_method: str, e, x, targets):
     """Guided backprop times the CAM heatmap at input resolution (pytorch-grad-cam's recipe)."""
     cam = references.cam_family_raw(cam_method, e.model, e.layer, x, targets)
@@ -51,8 +55,7 @@ REFERENCES = {
     "guided_backprop": functools.partial(_ruled, "guided"),
     "deconvnet": functools.partial(_ruled, "deconvnet"),
     "cam": lambda e, x, t: references.class_activation_map(e.model, e.layer, x, t),
-    **{m: functools.partial(lambda m, e, x, t: references.cam_family_raw(m, e.model, e.layer, x, t), m)
-       for m in PYTORCH_GRAD_CAM},
+    **{m: functools.partial(_cam_family, m) for m in PYTORCH_GRAD_CAM},
     "guided_gradcam": functools.partial(_guided_cam, "gradcam"),
     "guided_gradcam++": functools.partial(_guided_cam, "gradcam++"),
 }

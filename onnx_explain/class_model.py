@@ -40,7 +40,8 @@ def class_model(explainer: Explainer, target: int, steps: int = 200, lr: float =
         ClassModel with the image and the score trajectory.
 
     Raises:
-        ValueError: the file has no saliency map, the target is out of range, or bad step settings.
+        ValueError: the file has no saliency map or does not explain one class per image, the target is out
+            of range, or bad step settings.
 
     Example:
         >>> picture = class_model(Explainer("shapenet.onnx"), target=2, steps=100).image
@@ -48,6 +49,10 @@ def class_model(explainer: Explainer, target: int, steps: int = 200, lr: float =
     if "saliency" not in explainer.methods:
         raise ValueError(f"class_model needs the saliency gradient; {explainer.path.name} was exported with "
                          f"{list(explainer.methods)} (export it with methods including 'saliency')")
+    if explainer.info.feature or explainer.info.top_k != 1:
+        kind = "feature targets" if explainer.info.feature else f"top_k={explainer.info.top_k}"
+        raise ValueError(f"class_model ascends one class's logit; {explainer.path.name} was exported with {kind} "
+                         "(export saliency with one class target per image)")
     if not 0 <= int(target) < explainer.info.num_classes:
         raise ValueError(f"target {target} out of range; expected 0..{explainer.info.num_classes - 1}")
     if steps < 1 or lr <= 0 or l2 < 0:

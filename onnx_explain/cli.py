@@ -82,6 +82,9 @@ def _export(args: argparse.Namespace) -> None:
 
 def _explain(args: argparse.Namespace) -> None:
     explainer = Explainer(args.model, providers=args.providers)
+    if explainer.info.top_k > 1 and args.target != -1:
+        raise ValueError(f"{args.model.name} explains its {explainer.info.top_k} highest classes per image; "
+                         "--target picks one class and needs a file exported with --top-k 1")
     shape = explainer.info.input_shape
     for path in progress(args.images, len(args.images), "explaining"):
         image = load_image(path, shape[1:])

@@ -46,3 +46,5 @@ def test_top_k_file_writes_one_overlay_per_target(tmp_path, capsys):
     assert main(["explain", str(model), str(image), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir() if "gradcam" in p.name)
     assert len(names) == 2 and all(".target" in n for n in names)
+    assert main(["explain", str(model), str(image), "--out", str(out), "--target", "1"]) == 2
+    assert "--target picks one class" in capsys.readouterr().err

@@ -261,6 +261,8 @@ def test_feature_targets_reconstruct_a_channel(tmp_path, shapenet, held_out, sco
         np.testing.assert_allclose(result["gradient_x_input"].raw, result["saliency"].raw * x, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match=r"expected -1 \(predicted channel of features.8\) or 0..63"):
         explainer.explain(x, targets=[64, 0, 0])
+    with pytest.raises(ValueError, match="class_model ascends one class's logit.*feature targets"):
+        class_model(explainer, target=0)
 
 
 def test_feature_targets_refuse_layer_methods_and_unknown_scores(tmp_path, shapenet):

@@ -8,12 +8,16 @@
 __version__ = "0.1.0"
 
 from onnx_explain.class_model import ClassModel, class_model
+from onnx_explain.classifier import Classifier, Tensor, classifier, layer_tensors
 from onnx_explain.explainer import Explainer
 from onnx_explain.localize import boxes
 from onnx_explain.metadata import GraphInfo, MapOutputs
+from onnx_explain.occlusion import occlusion, occlusion_graph
 from onnx_explain.pointing import pointing_hits
 from onnx_explain.render import load_image, overlay, save_png
 from onnx_explain.result import Explanation, Map
+from onnx_explain.scoring import Attribution
 
-__all__ = ["ClassModel", "Explainer", "Explanation", "GraphInfo", "Map", "MapOutputs", "__version__", "boxes",
-           "class_model", "load_image", "overlay", "pointing_hits", "save_png"]
+__all__ = ["Attribution", "ClassModel", "Classifier", "Explainer", "Explanation", "GraphInfo", "Map", "MapOutputs",
+           "Tensor", "__version__", "boxes", "class_model", "classifier", "layer_tensors", "load_image",
+           "occlusion", "occlusion_graph", "overlay", "pointing_hits", "save_png"]

@@ -1,0 +1,159 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2014) as one ONNX graph around any classifier: the occluded
+batch is made in the graph, run through the model a chunk of windows at a time, and the score drops
+are spread back over the pixels."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnx_explain.batching import balanced_chunk, chunk_loop, clipped_range, merge_leading
+from onnx_explain.classifier import Classifier, classifier
+from onnx_explain.onnx_builder import Builder, value
+from onnx_explain.scoring import (
+    Attribution,
+    check_batch,
+    check_score,
+    class_scores,
+    image_inputs,
+    model_proto,
+    resolve_targets,
+    run_built,
+    scaled,
+    target_scores,
+)
+
+BASELINES = ("mean", "blur")
+DEFAULT_BATCH = 32  # images per model run: a bound on memory, and enough to keep the CPU kernels busy
+
+
+def occlusion(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, *,
+              window: int | Sequence[int], stride: int | Sequence[int], baseline: float | str = 0.0,
+              targets: Sequence[int] | np.ndarray | int | None = None, score: str = "prob",
+              batch_size: int | None = None, providers=None) -> Attribution:
+    """Occlusion sensitivity of any ONNX classifier, from ONNX Runtime alone.
+
+    Every window position (all channels at once) is replaced by the baseline and the drop in the
+    target's score is recorded, as captum's `Occlusion` does.
+
+    Args:
+        model: a path, an onnx.ModelProto, or onnx_explain.classifier(...) (which also caches the session).
+        images: float32 [N, C, H, W] or [N, H, W, C], as the model takes them.
+        window, stride: in pixels, one int or (height, width).
+        baseline: a constant, "mean" (each image's mean colour) or "blur" (a Gaussian blur of the
+            image, sigma half the smaller window side).
+        targets: classes to explain, int64 [N] or one int; None or -1: the predicted class.
+        score: "prob" (softmax) or "logit" (pre-softmax; a final Softmax in the model is looked through).
+        batch_size: images per model run (bounds memory); None: 32, or the model's fixed batch size.
+
+    Returns:
+        Attribution: raw [N, H, W] the mean score drop over the windows covering each pixel (0 where no
+        window does), grid [N, nh, nw] the drop per window position, heatmap the positive part of raw
+        scaled to [0, 1].
+    """
+    model = classifier(model)
+    images, targets = check_batch(model, images, targets)
+    settings = dict(window=window, stride=stride, baseline=baseline, score=score, batch_size=batch_size)
+    feeds = {"images": images, "targets": targets}
+    scores, explained, grid, raw, heatmap = run_built(occlusion_graph, model, settings, feeds, providers)
+    return Attribution("occlusion", heatmap, raw, explained, scores, grid)
+
+
+def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window: int | Sequence[int],
+                    stride: int | Sequence[int], baseline: float | str = 0.0, score: str = "prob",
+                    batch_size: int | None = None) -> onnx.ModelProto:
+    """The graph `occlusion` runs, to save and serve: inputs images and targets (int64 [N], -1 for the
+    predicted class); outputs scores, targets, grid, raw and heatmap."""
+    model = classifier(model)
+    check_score(score)
+    (height, width) = model.size
+    (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
+    if wh > height or ww > width:
+        raise ValueError(f"window {[wh, ww]} is larger than the image {[height, width]}")
+    rows, cols = _spans(height, wh, sh), _spans(width, ww, sw)
+    budget = batch_size or (model.batch or DEFAULT_BATCH)
+
+    b = Builder()
+    images, targets = "images", "targets"
+    base, = class_scores(b, model, {model.image: images}, score)
+    explained = resolve_targets(b, base, targets)
+    fill = _baseline(b, model, images, baseline, min(wh, ww))
+    # window w covers rows[w // nw] x cols[w % nw]; each row of these is one window's indicator
+    row_of = b.const(np.repeat(rows, len(cols), axis=0))
+    col_of = b.const(np.tile(cols, (len(rows), 1)))
+    count = len(rows) * len(cols)
+    n = b.op("Gather", b.op("Shape", images), b.ints(0), axis=0)
+    trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), budget)
+
+    def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
+        windows = clipped_range(bb, i, chunk, bb.const(count, "int64"))
+        inside = bb.op("Mul", bb.op("Unsqueeze", bb.op("Gather", row_of, windows), bb.ints(2)),
+                       bb.op("Unsqueeze", bb.op("Gather", col_of, windows), bb.ints(1)))  # [chunk, H, W]
+        inside = bb.op("Unsqueeze", inside, bb.ints(1, model.channel_axis + 1))  # [chunk, 1, ... H, W ...]
+        shown = bb.op("Unsqueeze", images, bb.ints(0))
+        occluded = bb.op("Add", shown, bb.op("Mul", inside, bb.op("Sub", bb.op("Unsqueeze", fill, bb.ints(0)), shown)))
+        scores, = class_scores(bb, model, {model.image: merge_leading(bb, occluded)}, score)
+        classes = bb.op("Slice", bb.op("Shape", scores), bb.ints(1), bb.ints(2))
+        per_window = bb.op("Reshape", scores, bb.op("Concat", bb.ints(-1), n, classes, axis=0))
+        return [], [target_scores(bb, per_window, explained)]  # [chunk, N]
+
+    occluded, = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT])
+    occluded = b.op("Slice", merge_leading(b, occluded), b.ints(0), b.ints(count))  # [windows, N]
+    drop = b.op("Sub", b.op("Unsqueeze", target_scores(b, base, explained), b.ints(1)),
+                b.op("Transpose", occluded, perm=[1, 0]))
+    grid = b.op("Reshape", drop, b.ints(-1, len(rows), len(cols)))
+    total = b.op("MatMul", b.op("MatMul", b.const(rows.T), grid), b.const(cols))
+    covering = np.outer(rows.sum(0), cols.sum(0))
+    raw = b.op("Mul", total, b.const(np.divide(1.0, covering, out=np.zeros_like(covering), where=covering > 0)))
+    heatmap = scaled(b, b.op("Relu", raw))
+    float_, size = onnx.TensorProto.FLOAT, ["N", height, width]
+    outputs = [value(b.named(base, "scores"), float_, ["N", model.num_classes]),
+               value(b.named(explained, "explained_targets"), onnx.TensorProto.INT64, ["N"]),
+               value(b.named(grid, "grid"), float_, ["N", len(rows), len(cols)]),
+               value(b.named(raw, "raw"), float_, size), value(b.named(heatmap, "heatmap"), float_, size)]
+    return model_proto(b, model, image_inputs(model), outputs, "occlusion")
+
+
+def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
+    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(x, (int, np.integer)) and x > 0 for x in pair):
+        raise ValueError(f"{what} must be a positive int or (height, width), got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _spans(size: int, window: int, stride: int) -> np.ndarray:
+    """[positions, size] indicator of each window position along one axis (captum's positions)."""
+    starts = range(0, size - window + 1, stride)
+    spans = np.zeros((len(starts), size), np.float32)
+    for k, s in enumerate(starts):
+        spans[k, s:s + window] = 1
+    return spans
+
+
+def _baseline(b: Builder, model: Classifier, images: str, baseline: float | str, window: int) -> str:
+    """What occluded pixels become: a constant, each image's mean colour, or a blurred copy."""
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return b.const(np.full([1] * 4, baseline))
+    spatial = b.ints(2, 3) if model.layout == "NCHW" else b.ints(1, 2)
+    if baseline == "mean":
+        return b.op("ReduceMean", images, spatial, keepdims=1)
+    if baseline == "blur":
+        return _blurred(b, model, images, sigma=window / 2)
+    raise ValueError(f"baseline must be a number or one of {BASELINES}, got {baseline!r}")
+
+
+def _blurred(b: Builder, model: Classifier, images: str, sigma: float) -> str:
+    """A separable Gaussian blur, reflecting at the borders, in the model's layout."""
+    radius = min(math.ceil(2 * sigma), min(model.size) - 1)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel = np.outer(taps, taps) / taps.sum() ** 2
+    channels = model.channels
+    x = images if model.layout == "NCHW" else b.op("Transpose", images, perm=[0, 3, 1, 2])
+    padded = b.op("Pad", x, b.ints(0, 0, radius, radius, 0, 0, radius, radius), mode="reflect")
+    weights = b.const(np.broadcast_to(kernel, (channels, 1, *kernel.shape)))
+    blurred = b.op("Conv", padded, weights, group=channels)
+    return blurred if model.layout == "NCHW" else b.op("Transpose", blurred, perm=[0, 2, 3, 1])

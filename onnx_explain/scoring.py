@@ -1,0 +1,121 @@
+"""Graph pieces every pure-inference method shares: the class score, the targets, the scaled heatmap;
+and running such a graph, one cached ONNX Runtime session per graph."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnx_explain.batching import run_model
+from onnx_explain.classifier import Classifier
+from onnx_explain.inputs import check_images, check_targets
+from onnx_explain.onnx_builder import OPSET, Builder, value
+from onnx_explain.providers import resolve_providers
+
+SCORES = ("prob", "logit")
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """What a pure-inference method returns.
+
+    heatmap: float32 [N, H, W] in [0, 1] at input resolution.
+    raw: the method's own map (per method: occlusion's mean score drop per pixel, RISE's saliency,
+        a CAM at layer resolution [N, h, w]).
+    targets: int64 [N], the classes explained.  scores: [N, classes] of the unperturbed images (the
+        probabilities or logits, as `score` chose).  grid: occlusion's score drop per window [N, nh, nw].
+    """
+
+    method: str
+    heatmap: np.ndarray
+    raw: np.ndarray
+    targets: np.ndarray
+    scores: np.ndarray
+    grid: np.ndarray | None = None
+
+
+def check_score(score: str) -> str:
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES} (softmax probability or pre-softmax logit), got {score!r}")
+    return score
+
+
+def class_scores(b: Builder, model: Classifier, bindings: dict[str, str], score: str,
+                 extra: Sequence[str] = ()) -> list[str]:
+    """[batch, classes] probabilities or logits of a batch (a final Softmax in the model is looked
+    through for logits), then the `extra` model tensors asked for."""
+    wanted = model.probabilities if score == "prob" and model.probabilities else model.scores
+    outs = run_model(b, model, bindings, [wanted, *extra])
+    if score == "prob" and not model.probabilities:
+        outs[0] = b.op("Softmax", outs[0], axis=-1)
+    return outs
+
+
+def resolve_targets(b: Builder, scores: str, targets: str) -> str:
+    """int64 [N]: -1 becomes the class with the highest score."""
+    predicted = b.op("ArgMax", scores, axis=1, keepdims=0)
+    return b.op("Where", b.op("Less", targets, b.const(0, "int64")), predicted, targets)
+
+
+def target_scores(b: Builder, scores: str, targets: str) -> str:
+    """scores [..., N, classes] at each image's target -> [..., N]."""
+    shape = b.op("Shape", scores)
+    index = b.op("Expand", b.op("Unsqueeze", targets, b.ints(-1)),
+                 b.op("Concat", b.op("Slice", shape, b.ints(0), b.ints(-1)), b.ints(1), axis=0))
+    return b.op("Squeeze", b.op("GatherElements", scores, index, axis=-1), b.ints(-1))
+
+
+def scaled(b: Builder, maps: str) -> str:
+    """Min-max scaling of each [H, W] map to [0, 1], with pytorch-grad-cam's 1e-7 guard."""
+    axes = b.ints(-2, -1)
+    low = b.op("Sub", maps, b.op("ReduceMin", maps, axes, keepdims=1))
+    return b.op("Div", low, b.op("Add", b.op("ReduceMax", low, axes, keepdims=1), b.const(1e-7)))
+
+
+def model_proto(b: Builder, model: Classifier, inputs: list, outputs: list, name: str) -> onnx.ModelProto:
+    """The built graph as a model, with the user's model's opsets and local functions."""
+    opsets = {o.domain: o.version for o in model.model.opset_import}
+    opsets[""] = max(opsets.get("", OPSET), opsets.pop("ai.onnx", OPSET), OPSET)
+    proto = onnx.helper.make_model(b.graph(name, inputs, outputs),
+                                   opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets.items()],
+                                   functions=list(model.model.functions))
+    proto.ir_version = max(model.model.ir_version, 8)
+    return proto
+
+
+def image_inputs(model: Classifier) -> list:
+    """The graph inputs every method takes: images in the model's layout and int64 targets."""
+    return [value("images", onnx.TensorProto.FLOAT, ["N", *model.image_shape]),
+            value("targets", onnx.TensorProto.INT64, ["N"])]
+
+
+def check_batch(model: Classifier, images: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
+    """float32 images [N, *image shape] (the model's layout), finite; targets as explain takes them."""
+    images = check_images(images, model.image_shape)
+    return images, check_targets(targets, len(images), model.num_classes or 2**62)
+
+
+@lru_cache(maxsize=4)
+def _session(model: Classifier, build: Callable, settings: tuple, providers: tuple[str, ...]) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    graph = build(model, **dict(settings))
+    return ort.InferenceSession(graph.SerializeToString(), options, providers=list(providers))
+
+
+def run_built(build: Callable[..., onnx.ModelProto], model: Classifier, settings: dict,
+              feeds: dict[str, np.ndarray], providers) -> list[np.ndarray]:
+    """Build the graph `build(model, **settings)` and run it; the session is kept for the next call with
+    the same classifier object and settings (pass an onnx_explain.classifier(...) to reuse it)."""
+    frozen = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items())
+    session = _session(model, build, frozen, tuple(resolve_providers(providers)))
+    try:
+        return session.run(None, feeds)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
+        raise ValueError(f"ONNX Runtime could not run the model: {str(e).splitlines()[0]}") from e

@@ -29,7 +29,7 @@ def run_model(b: Builder, model: Classifier, bindings: Mapping[str, str], output
     trips = ceil_div(b, count, b.const(size, "int64"))
 
     def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
-        rows = clipped_range(bb, i, bb.const(size, "int64"), count)
+        rows, _valid = clipped_range(bb, i, bb.const(size, "int64"), count)
         sliced = {name: bb.op("Gather", t, rows, axis=0) for name, t in bindings.items()}
         return [], inline(bb, graph, sliced, outputs, bb.fresh("model"))
 
@@ -64,11 +64,13 @@ def ceil_div(b: Builder, a: str, d: str) -> str:
     return b.op("Div", b.op("Sub", b.op("Add", a, d), one), d)
 
 
-def clipped_range(b: Builder, i: str, size: str, count: str) -> str:
-    """Indices i*size ... i*size + size - 1, the ones past count - 1 clamped to it (padding by repeats)."""
+def clipped_range(b: Builder, i: str, size: str, count: str) -> tuple[str, str]:
+    """Indices i*size ... i*size + size - 1, the ones past count - 1 clamped to it (padding by repeats),
+    and float32 [size]: 1 where the index was in range, 0 for the padding."""
     start = b.op("Mul", i, size)
     rows = b.op("Range", start, b.op("Add", start, size), b.const(1, "int64"))
-    return b.op("Min", rows, b.op("Sub", count, b.const(1, "int64")))
+    valid = b.op("Cast", b.op("Less", rows, count), to=TensorProto.FLOAT)
+    return b.op("Min", rows, b.op("Sub", count, b.const(1, "int64"))), valid
 
 
 def balanced_chunk(b: Builder, total: str, per_item: str, budget: int) -> tuple[str, str]:

@@ -21,6 +21,8 @@ from onnx_explain.scoring import (
     class_scores,
     image_inputs,
     model_proto,
+    perturbed_scores,
+    pixel_masks,
     resolve_targets,
     run_built,
     scaled,
@@ -90,16 +92,13 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), budget)
 
     def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
-        windows = clipped_range(bb, i, chunk, bb.const(count, "int64"))
+        windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
         inside = bb.op("Mul", bb.op("Unsqueeze", bb.op("Gather", row_of, windows), bb.ints(2)),
                        bb.op("Unsqueeze", bb.op("Gather", col_of, windows), bb.ints(1)))  # [chunk, H, W]
-        inside = bb.op("Unsqueeze", inside, bb.ints(1, model.channel_axis + 1))  # [chunk, 1, ... H, W ...]
+        inside = pixel_masks(bb, model, inside)
         shown = bb.op("Unsqueeze", images, bb.ints(0))
         occluded = bb.op("Add", shown, bb.op("Mul", inside, bb.op("Sub", bb.op("Unsqueeze", fill, bb.ints(0)), shown)))
-        scores, = class_scores(bb, model, {model.image: merge_leading(bb, occluded)}, score)
-        classes = bb.op("Slice", bb.op("Shape", scores), bb.ints(1), bb.ints(2))
-        per_window = bb.op("Reshape", scores, bb.op("Concat", bb.ints(-1), n, classes, axis=0))
-        return [], [target_scores(bb, per_window, explained)]  # [chunk, N]
+        return [], [perturbed_scores(bb, model, occluded, n, explained, score)]  # [chunk, N]
 
     occluded, = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT])
     occluded = b.op("Slice", merge_leading(b, occluded), b.ints(0), b.ints(count))  # [windows, N]

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_explain.batching import run_model
+from onnx_explain.batching import merge_leading, run_model
 from onnx_explain.classifier import Classifier
 from onnx_explain.inputs import check_images, check_targets
 from onnx_explain.onnx_builder import OPSET, Builder, value
@@ -54,6 +54,18 @@ def class_scores(b: Builder, model: Classifier, bindings: dict[str, str], score:
     if score == "prob" and not model.probabilities:
         outs[0] = b.op("Softmax", outs[0], axis=-1)
     return outs
+
+
+def perturbed_scores(b: Builder, model: Classifier, perturbed: str, n: str, targets: str, score: str) -> str:
+    """Target scores [chunk, N] of a chunk of perturbed copies of the images [chunk, N, *image shape]."""
+    scores, = class_scores(b, model, {model.image: merge_leading(b, perturbed)}, score)
+    classes = b.op("Slice", b.op("Shape", scores), b.ints(1), b.ints(2))
+    return target_scores(b, b.op("Reshape", scores, b.op("Concat", b.ints(-1), n, classes, axis=0)), targets)
+
+
+def pixel_masks(b: Builder, model: Classifier, masks: str) -> str:
+    """Masks [chunk, H, W] -> [chunk, 1, ...] broadcasting over the images [N, *image shape], any layout."""
+    return b.op("Unsqueeze", masks, b.ints(1, model.channel_axis + 1))
 
 
 def resolve_targets(b: Builder, scores: str, targets: str) -> str:

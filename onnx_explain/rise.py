@@ -1,0 +1,167 @@
+"""RISE (Petsiuk et al. 2018) as one ONNX graph around any classifier: random masks made in the graph
+from a seed, the masked images run through the model a chunk at a time, the masks summed with their
+scores as weights."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnx_explain.batching import balanced_chunk, chunk_loop, clipped_range
+from onnx_explain.classifier import Classifier, classifier
+from onnx_explain.onnx_builder import OPSET, Builder, value
+from onnx_explain.scoring import (
+    Attribution,
+    check_batch,
+    check_score,
+    class_scores,
+    image_inputs,
+    model_proto,
+    perturbed_scores,
+    pixel_masks,
+    resolve_targets,
+    run_built,
+    scaled,
+)
+
+DEFAULT_BATCH = 32
+
+
+def rise(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, n_masks: int = 2000,
+         cell: int | None = None, p: float = 0.5, seed: int = 0, *,
+         targets: Sequence[int] | np.ndarray | int | None = None, score: str = "prob",
+         batch_size: int | None = None, providers=None) -> Attribution:
+    """RISE saliency of any ONNX classifier: sum_i score(image * M_i) M_i / (n_masks * p).
+
+    Each mask is a random binary grid (cells kept with probability p) upsampled bilinearly to
+    (grid + 1) cells and cropped at a random shift of less than one cell, as in the paper.
+
+    Args:
+        model: a path, an onnx.ModelProto or onnx_explain.classifier(...) (which also caches the session).
+        images: float32 [N, C, H, W] or [N, H, W, C], as the model takes them.
+        n_masks: masks per image (the paper uses 4000 for ImageNet models).
+        cell: grid cell size in pixels; None: a 7 x 7 grid (cell = ceil(min(H, W) / 7)).
+        p: probability that a cell is kept.  seed: the same seed gives the same masks.
+        targets, score, batch_size, providers: as for occlusion.
+
+    Returns:
+        Attribution: raw [N, H, W] the saliency, heatmap raw scaled to [0, 1].
+    """
+    model = classifier(model)
+    images, targets = check_batch(model, images, targets)
+    settings = dict(n_masks=n_masks, cell=cell, p=p, score=score, batch_size=batch_size)
+    feeds = {"images": images, "targets": targets, "seed": np.array(seed, np.int64)}
+    scores, explained, raw, heatmap = run_built(rise_graph, model, settings, feeds, providers)
+    return Attribution("rise", heatmap, raw, explained, scores)
+
+
+def rise_graph(model: str | Path | onnx.ModelProto | Classifier, *, n_masks: int = 2000, cell: int | None = None,
+               p: float = 0.5, seed: int = 0, score: str = "prob", batch_size: int | None = None) -> onnx.ModelProto:
+    """The graph `rise` runs, to save and serve: inputs images, targets and seed (int64, optional:
+    `seed` is its default); outputs scores, explained_targets, raw and heatmap.  The masks are a
+    function of the seed alone."""
+    model = classifier(model)
+    check_score(score)
+    height, width = model.size
+    b = Builder()
+    masks = _MaskMaker(b, (height, width), n_masks, cell, p, "seed")
+    images, targets = "images", "targets"
+    base, = class_scores(b, model, {model.image: images}, score)
+    explained = resolve_targets(b, base, targets)
+    n = b.op("Gather", b.op("Shape", images), b.ints(0), axis=0)
+    count = b.const(n_masks, "int64")
+    trips, chunk = balanced_chunk(b, count, b.op("Squeeze", n, b.ints(0)), batch_size or model.batch or DEFAULT_BATCH)
+    total = b.op("ConstantOfShape", b.op("Concat", n, b.ints(height * width), axis=0),
+                 value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
+
+    def body(bb: Builder, i: str, carried: list[str]) -> tuple[list[str], list[str]]:
+        rows, valid = clipped_range(bb, i, chunk, count)
+        made = masks.make(bb, rows)  # [chunk, H, W]
+        masked = bb.op("Mul", bb.op("Unsqueeze", images, bb.ints(0)), pixel_masks(bb, model, made))
+        scores = perturbed_scores(bb, model, masked, n, explained, score)  # [chunk, N]
+        weights = bb.op("Mul", scores, bb.op("Unsqueeze", valid, bb.ints(1)))  # padding rows weigh 0
+        flat = bb.op("Reshape", made, bb.ints(-1, height * width))
+        return [bb.op("Add", carried[0], bb.op("MatMul", bb.op("Transpose", weights, perm=[1, 0]), flat))], []
+
+    total, = chunk_loop(b, trips, body, [total], [])
+    raw = b.op("Reshape", b.op("Mul", total, b.const(1.0 / (n_masks * p))), b.ints(-1, height, width))
+    float_, size = onnx.TensorProto.FLOAT, ["N", height, width]
+    outputs = [value(b.named(base, "scores"), float_, ["N", model.num_classes]),
+               value(b.named(explained, "explained_targets"), onnx.TensorProto.INT64, ["N"]),
+               value(b.named(raw, "raw"), float_, size), value(b.named(scaled(b, raw), "heatmap"), float_, size)]
+    proto = model_proto(b, model, [*image_inputs(model), value("seed", onnx.TensorProto.INT64, [])], outputs, "rise")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(seed, np.int64), "seed"))  # a default
+    return proto
+
+
+def rise_masks(size: Sequence[int], n_masks: int = 2000, cell: int | None = None, p: float = 0.5,
+               seed: int = 0) -> np.ndarray:
+    """The masks [n_masks, H, W] that `rise` draws for images of `size` (H, W) with these settings."""
+    b = Builder()
+    masks = _MaskMaker(b, tuple(size), n_masks, cell, p, b.const(seed, "int64"))
+    out = b.named(masks.make(b, b.op("Range", b.const(0, "int64"), b.const(n_masks, "int64"), b.const(1, "int64"))),
+                  "masks")
+    graph = b.graph("rise_masks", [], [value(out, onnx.TensorProto.FLOAT, [n_masks, *size])])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)])
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+
+
+class _MaskMaker:
+    """Draws the grids and shifts once per run from the seed; `make` builds the masks of the
+    given mask indices as two interpolation-matrix products per mask: rows [H, g] @ grid @ cols [g, W]."""
+
+    def __init__(self, b: Builder, size: tuple[int, int], n_masks: int, cell: int | None, p: float, seed: str) -> None:
+        if not (isinstance(n_masks, int) and n_masks > 0):
+            raise ValueError(f"n_masks must be a positive int, got {n_masks!r}")
+        if not 0 < p <= 1:
+            raise ValueError(f"p (the probability of keeping a cell) must be in (0, 1], got {p!r}")
+        cell = cell or math.ceil(min(size) / 7)
+        if not (isinstance(cell, int) and 0 < cell <= min(size)):
+            raise ValueError(f"cell must be a positive int no larger than the image {list(size)}, got {cell!r}")
+        grid = [math.ceil(s / cell) for s in size]
+        uniform = _uniform(b, [n_masks, *grid], seed, stream=0)
+        self.grids = b.op("Cast", b.op("Less", uniform, b.const(p)), to=onnx.TensorProto.FLOAT)
+        shifts = b.op("Floor", b.op("Mul", _uniform(b, [n_masks, 2], seed, stream=1), b.const(cell)))
+        shifts = b.op("Min", b.op("Cast", shifts, to=onnx.TensorProto.INT64), b.const(cell - 1, "int64"))
+        self.shifts = b.op("Split", shifts, axis=1, num_outputs=2, outputs=2)
+        self.tables = [b.const(_shifted_resize(s, g, cell)) for s, g in zip(size, grid, strict=True)]
+
+    def make(self, b: Builder, rows: str) -> str:
+        grids = b.op("Gather", self.grids, rows, axis=0)
+        along = [b.op("Gather", table, b.op("Squeeze", b.op("Gather", shift, rows, axis=0), b.ints(1)), axis=0)
+                 for table, shift in zip(self.tables, self.shifts, strict=True)]  # [chunk, H, g], [chunk, W, g]
+        return b.op("MatMul", b.op("MatMul", along[0], grids), b.op("Transpose", along[1], perm=[0, 2, 1]))
+
+
+def _uniform(b: Builder, shape: list[int], seed: str, stream: int) -> str:
+    """Uniform float32 values in [0, 1] of `shape`, a hash of (element index, seed, stream): the same
+    seed gives the same values in every run and session (ONNX RandomUniform reseeds only per session).
+    The hash is a 31-bit variant of the xorshift-multiply integer hash, in int64 ops that cannot overflow."""
+    modulus, one = b.const(2**31, "int64"), b.const(1, "int64")
+    index = b.op("Reshape", b.op("Range", b.const(0, "int64"), b.const(math.prod(shape), "int64"), one), b.ints(*shape))
+    start = b.op("Add", b.op("Mul", b.op("Mod", seed, modulus), b.const(0x9E3779B1, "int64")),
+                 b.const(stream * 0x85EBCA6B, "int64"))
+    h = b.op("Mod", b.op("Add", index, start), modulus)
+    for _ in range(2):
+        h = b.op("BitwiseXor", h, b.op("Div", h, b.const(2**16, "int64")))
+        h = b.op("Mod", b.op("Mul", h, b.const(0x45D9F3B, "int64")), modulus)
+    h = b.op("BitwiseXor", h, b.op("Div", h, b.const(2**16, "int64")))
+    return b.op("Div", b.op("Cast", h, to=onnx.TensorProto.FLOAT), b.const(2.0**31))
+
+
+def _shifted_resize(size: int, grid: int, cell: int) -> np.ndarray:
+    """[cell, size, grid]: for each shift, the rows shift ... shift + size - 1 of the bilinear
+    resize (half-pixel centres, edges clamped) of `grid` values to (grid + 1) * cell pixels."""
+    up = (grid + 1) * cell
+    source = np.clip((np.arange(up) + 0.5) * grid / up - 0.5, 0, grid - 1)
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, grid - 1)
+    matrix = np.zeros((up, grid), np.float32)
+    np.add.at(matrix, (np.arange(up), low), 1 - (source - low))
+    np.add.at(matrix, (np.arange(up), high), source - low)
+    return np.stack([matrix[s:s + size] for s in range(cell)])

@@ -76,6 +76,13 @@ class Explanation:
         return [name(t) if np.ndim(t) == 0 else [name(c) for c in t] for t in self.targets.tolist()]
 
 
+def cam_heatmaps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """pytorch-grad-cam's heatmap of CAMs [N, h, w]: rectified, scaled, resized to size (H, W) with cv2,
+    scaled again."""
+    height, width = size
+    return _scaled(np.stack([cv2.resize(_scaled(np.maximum(m, 0)), (width, height)) for m in raw]))
+
+
 def _resized_cam(found: Map) -> np.ndarray:
     """A CAM `raw` at layer resolution, rectified, scaled and resized to its heatmap's size with cv2."""
     height, width = found.heatmap.shape[-2:]

@@ -56,9 +56,12 @@ def class_scores(b: Builder, model: Classifier, bindings: dict[str, str], score:
     return outs
 
 
-def perturbed_scores(b: Builder, model: Classifier, perturbed: str, n: str, targets: str, score: str) -> str:
-    """Target scores [chunk, N] of a chunk of perturbed copies of the images [chunk, N, *image shape]."""
-    scores, = class_scores(b, model, {model.image: merge_leading(b, perturbed)}, score)
+def perturbed_scores(b: Builder, model: Classifier, perturbed: str | dict[str, str], n: str, targets: str,
+                     score: str) -> str:
+    """Target scores [chunk, N] of a chunk of perturbed copies of the images [chunk, N, *image shape]
+    (or of the model tensors given as {name: [chunk, N, ...]}, which cut the model there)."""
+    bindings = perturbed if isinstance(perturbed, dict) else {model.image: perturbed}
+    scores, = class_scores(b, model, {k: merge_leading(b, v) for k, v in bindings.items()}, score)
     classes = b.op("Slice", b.op("Shape", scores), b.ints(1), b.ints(2))
     return target_scores(b, b.op("Reshape", scores, b.op("Concat", b.ints(-1), n, classes, axis=0)), targets)
 

@@ -1,0 +1,192 @@
+"""CAMs without gradients on any ONNX classifier (pytorch-grad-cam's definitions): a chosen inner tensor
+is exposed as an extra output, and the channel weights come from it alone (Eigen-CAM), from runs of
+the model on the input masked by each channel (Score-CAM), or from runs with each channel ablated
+(Ablation-CAM).  The runs are chunked Loops in one graph; Eigen-CAM's SVD runs in numpy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnx_explain.batching import balanced_chunk, chunk_loop, clipped_range, merge_leading
+from onnx_explain.classifier import LAYOUTS, Classifier, classifier, resolve_layer
+from onnx_explain.onnx_builder import Builder, needed_inputs, value
+from onnx_explain.result import cam_heatmaps
+from onnx_explain.scoring import (
+    Attribution,
+    check_batch,
+    check_score,
+    class_scores,
+    image_inputs,
+    model_proto,
+    perturbed_scores,
+    resolve_targets,
+    run_built,
+    target_scores,
+)
+
+DEFAULT_BATCH = 32
+ABLATION_OFFSET = 1e7  # pytorch-grad-cam's: a layer whose minimum is not 0 is ablated to its minimum minus this
+
+
+def eigencam(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, layer: str, *,
+             layer_layout: str | None = None, providers=None) -> Attribution:
+    """Eigen-CAM (Muhammad & Yeasin 2020): the activations [h*w, K] centred and projected on their first
+    principal direction, by numpy's SVD as pytorch-grad-cam's EigenCAM (same sign).  Class-agnostic.
+
+    Args:
+        model: a path, an onnx.ModelProto or onnx_explain.classifier(...).
+        images: float32 [N, C, H, W] or [N, H, W, C], as the model takes them.
+        layer: a tensor name (onnx_explain.layer_tensors lists them) or, for files written by
+            torch.onnx.export, the torch module whose output it is ("layer4").
+        layer_layout: "NCHW" or "NHWC" for the layer's tensor; None: the image input's layout.
+
+    Returns:
+        Attribution: raw [N, h, w] the projection, heatmap its positive part scaled, resized to the
+        input (cv2 bilinear) and scaled again, as pytorch-grad-cam does.
+    """
+    model, layer, layout = _setup(model, layer, layer_layout)
+    images, targets = check_batch(model, images, None)
+    settings = dict(layer=layer, layer_layout=layout, kind="activations", score="logit", batch_size=None)
+    scores, explained, activations = run_built(cam_graph, model, settings, {"images": images, "targets": targets},
+                                               providers)
+    raw = _first_component(activations)
+    return Attribution("eigencam", cam_heatmaps(raw, model.size), raw, explained, scores)
+
+
+def scorecam(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, layer: str, *,
+             targets: Sequence[int] | np.ndarray | int | None = None, layer_layout: str | None = None,
+             batch_size: int | None = None, providers=None) -> Attribution:
+    """Score-CAM (Wang et al. 2020): each activation channel, upsampled (bilinear, corners aligned) and
+    scaled to [0, 1], masks the input; the softmax over channels of the target logits of those runs
+    weights the channels.  K model runs per image for a layer of K channels, batch_size at a time.
+    Arguments as eigencam, and targets as occlusion; raw [N, h, w] = ReLU(sum_k w_k A_k)."""
+    return _weighted("scorecam", model, images, layer, targets, layer_layout, batch_size, providers)
+
+
+def ablationcam(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, layer: str, *,
+                targets: Sequence[int] | np.ndarray | int | None = None, layer_layout: str | None = None,
+                batch_size: int | None = None, providers=None) -> Attribution:
+    """Ablation-CAM (Desai & Ramaswamy 2020): channel k's weight is the relative drop of the target logit
+    when channel k is ablated (set to 0, or to the layer's minimum minus 1e7 when that minimum is not 0,
+    as pytorch-grad-cam does).  Only the part of the model after the layer runs per channel when it
+    reads nothing else from before.  Arguments as scorecam."""
+    return _weighted("ablationcam", model, images, layer, targets, layer_layout, batch_size, providers)
+
+
+def _weighted(method, model, images, layer, targets, layer_layout, batch_size, providers) -> Attribution:
+    model, layer, layout = _setup(model, layer, layer_layout)
+    images, targets = check_batch(model, images, targets)
+    settings = dict(layer=layer, layer_layout=layout, kind=method, score="logit", batch_size=batch_size)
+    scores, explained, raw = run_built(cam_graph, model, settings, {"images": images, "targets": targets}, providers)
+    return Attribution(method, cam_heatmaps(raw, model.size), raw, explained, scores)
+
+
+def _setup(model, layer: str, layer_layout: str | None) -> tuple[Classifier, str, str]:
+    model = classifier(model)
+    layout = layer_layout or model.layout
+    if layout not in LAYOUTS:
+        raise ValueError(f"layer_layout must be one of {LAYOUTS}, got {layer_layout!r}")
+    return model, resolve_layer(model, layer), layout
+
+
+def cam_graph(model: str | Path | onnx.ModelProto | Classifier, *, layer: str, kind: str, layer_layout: str = "NCHW",
+              score: str = "logit", batch_size: int | None = None) -> onnx.ModelProto:
+    """The graph behind the activation CAMs, to save and serve: inputs images and targets; outputs
+    scores, explained_targets, and "activations" [N, K, h, w] (kind="activations", for Eigen-CAM) or
+    the CAM "raw" [N, h, w] (kind "scorecam" or "ablationcam")."""
+    model = classifier(model)
+    check_score(score)
+    b = Builder()
+    base, activations = class_scores(b, model, {model.image: "images"}, score, extra=[layer])
+    if layer_layout == "NHWC":
+        activations = b.op("Transpose", activations, perm=[0, 3, 1, 2])
+    explained = resolve_targets(b, base, "targets")
+    outputs = [value(b.named(base, "scores"), onnx.TensorProto.FLOAT, ["N", model.num_classes]),
+               value(b.named(explained, "explained_targets"), onnx.TensorProto.INT64, ["N"])]
+    if kind == "activations":
+        outputs.append(value(b.named(activations, "activations"), onnx.TensorProto.FLOAT, ["N", "K", "h", "w"]))
+    else:
+        weigh = {"scorecam": _score_weights, "ablationcam": _ablation_weights}[kind]
+        weights = weigh(b, model, layer, layer_layout, activations, base, explained, score,
+                        batch_size or model.batch or DEFAULT_BATCH)  # [N, K]
+        cam = b.op("ReduceSum", b.op("Mul", b.op("Unsqueeze", weights, b.ints(2, 3)), activations), b.ints(1),
+                   keepdims=0)
+        outputs.append(value(b.named(b.op("Relu", cam), "raw"), onnx.TensorProto.FLOAT, ["N", "h", "w"]))
+    return model_proto(b, model, image_inputs(model), outputs, kind)
+
+
+def _channel_loop(b: Builder, activations: str, budget: int, run_chunk) -> str:
+    """[N, K]: run_chunk(builder, channel indices [chunk]) -> [chunk, N] over all K channels."""
+    shape = b.op("Shape", activations)
+    n, channels = (b.op("Slice", shape, b.ints(i), b.ints(i + 1)) for i in (0, 1))
+    count = b.op("Squeeze", channels, b.ints(0))
+    trips, chunk = balanced_chunk(b, count, b.op("Squeeze", n, b.ints(0)), budget)
+
+    def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
+        ks, _valid = clipped_range(bb, i, chunk, count)
+        return [], [run_chunk(bb, ks, n)]
+
+    stacked, = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT])
+    return b.op("Transpose", b.op("Slice", merge_leading(b, stacked), b.ints(0), channels), perm=[1, 0])
+
+
+def _score_weights(b, model, layer, layer_layout, activations, base, explained, score, budget) -> str:
+    height, width = model.size
+
+    def run_chunk(bb: Builder, ks: str, n: str) -> str:
+        picked = bb.op("Gather", activations, ks, axis=1)  # [N, chunk, h, w]
+        sizes = bb.op("Concat", bb.op("Slice", bb.op("Shape", picked), bb.ints(0), bb.ints(2)),
+                      bb.ints(height, width), axis=0)
+        up = bb.op("Resize", picked, "", "", sizes, mode="linear", coordinate_transformation_mode="align_corners")
+        low = bb.op("Sub", up, bb.op("ReduceMin", up, bb.ints(2, 3), keepdims=1))
+        spread = bb.op("Add", bb.op("ReduceMax", low, bb.ints(2, 3), keepdims=1), bb.const(1e-8))
+        masks = bb.op("Transpose", bb.op("Div", low, spread), perm=[1, 0, 2, 3])  # [chunk, N, H, W]
+        masked = bb.op("Mul", bb.op("Unsqueeze", "images", bb.ints(0)),
+                       bb.op("Unsqueeze", masks, bb.ints(model.channel_axis + 1)))
+        return perturbed_scores(bb, model, masked, n, explained, score)
+
+    return b.op("Softmax", _channel_loop(b, activations, budget, run_chunk), axis=1)
+
+
+def _ablation_weights(b, model, layer, layer_layout, activations, base, explained, score, budget) -> str:
+    low = b.op("ReduceMin", activations, b.ints(1, 2, 3), keepdims=0)
+    ablated_to = b.op("Where", b.op("Equal", low, b.const(0.0)), b.const(0.0),
+                      b.op("Sub", low, b.const(ABLATION_OFFSET)))
+    ablated_to = b.op("Unsqueeze", ablated_to, b.ints(0, 2, 3, 4))  # [1, N, 1, 1, 1]
+    channels = b.op("Range", b.const(0, "int64"),
+                    b.op("Squeeze", b.op("Slice", b.op("Shape", activations), b.ints(1), b.ints(2)), b.ints(0)),
+                    b.const(1, "int64"))
+    wanted = model.probabilities if score == "prob" and model.probabilities else model.scores
+    needs_images = model.image in needed_inputs(model.model.graph, [wanted], [layer])
+
+    def run_chunk(bb: Builder, ks: str, n: str) -> str:
+        hit = bb.op("Cast", bb.op("Equal", bb.op("Unsqueeze", ks, bb.ints(1)), channels), to=onnx.TensorProto.FLOAT)
+        hit = bb.op("Unsqueeze", hit, bb.ints(1, 3, 4))  # [chunk, 1, K, 1, 1]
+        kept = bb.op("Mul", bb.op("Unsqueeze", activations, bb.ints(0)), bb.op("Sub", bb.const(1.0), hit))
+        ablated = bb.op("Add", kept, bb.op("Mul", hit, ablated_to))  # [chunk, N, K, h, w]
+        if layer_layout == "NHWC":
+            ablated = bb.op("Transpose", ablated, perm=[0, 1, 3, 4, 2])
+        bindings = {layer: ablated}
+        if needs_images:
+            shape = bb.op("Concat", bb.op("Shape", ks), bb.op("Shape", "images"), axis=0)
+            bindings[model.image] = bb.op("Expand", bb.op("Unsqueeze", "images", bb.ints(0)), shape)
+        return perturbed_scores(bb, model, bindings, n, explained, score)
+
+    dropped = _channel_loop(b, activations, budget, run_chunk)  # [N, K]
+    original = b.op("Unsqueeze", target_scores(b, base, explained), b.ints(1))
+    return b.op("Div", b.op("Sub", original, dropped), original)
+
+
+def _first_component(activations: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's get_2d_projection: [N, K, h, w] -> [N, h, w]."""
+    projections = []
+    for a in np.nan_to_num(activations, nan=0.0):
+        flat = a.reshape(a.shape[0], -1).T
+        flat = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat, full_matrices=False)
+        projections.append((flat @ vt[0, :]).reshape(a.shape[1:]))
+    return np.float32(projections)

@@ -1,4 +1,5 @@
-"""The onnx-explain command line: demo, export and explain, each a thin call into the library."""
+"""The onnx-explain command line: demo, export and explain, and the pure-inference methods on any ONNX
+classifier (cli_models), each a thin call into the library."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_explain import cli_models
 from onnx_explain.explainer import Explainer
 from onnx_explain.progress import progress
 from onnx_explain.render import load_image, overlay, save_png, to_rgb8
@@ -50,9 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("--std", nargs=3, type=float, default=None, help="per-channel std to divide by")
     ex.add_argument("--providers", nargs="+", default=None, help="execution providers, e.g. cuda cpu")
 
+    cli_models.add_parsers(sub)
+
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
+        if args.command in cli_models.COMMANDS:
+            cli_models.run(args)
+        elif args.command == "demo":
             from onnx_explain.demo import run_demo
 
             run_demo(args.out, n_show=args.images, n_score=args.score_images)

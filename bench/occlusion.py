@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +20,11 @@ import onnxruntime as ort
 import torch
 import torchvision
 from captum.attr import Occlusion
+from overhead import median_time as timed  # bench/ is on sys.path when this script runs
 
 from onnx_explain import classifier, occlusion
 
 BATCH = 32
-
-
-def timed(fn, repeat: int) -> float:
-    fn()  # untimed: ORT's thread pool and caches warm up after a switch of session
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

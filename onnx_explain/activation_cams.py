@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_explain.batching import balanced_chunk, chunk_loop, clipped_range, merge_leading
+from onnx_explain.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
 from onnx_explain.classifier import LAYOUTS, Classifier, classifier, resolve_layer
 from onnx_explain.onnx_builder import Builder, needed_inputs, value
 from onnx_explain.result import cam_heatmaps
@@ -25,10 +25,10 @@ from onnx_explain.scoring import (
     perturbed_scores,
     resolve_targets,
     run_built,
+    score_outputs,
     target_scores,
 )
 
-DEFAULT_BATCH = 32
 ABLATION_OFFSET = 1e7  # pytorch-grad-cam's: a layer whose minimum is not 0 is ablated to its minimum minus this
 
 
@@ -105,14 +105,13 @@ def cam_graph(model: str | Path | onnx.ModelProto | Classifier, *, layer: str, k
     if layer_layout == "NHWC":
         activations = b.op("Transpose", activations, perm=[0, 3, 1, 2])
     explained = resolve_targets(b, base, "targets")
-    outputs = [value(b.named(base, "scores"), onnx.TensorProto.FLOAT, ["N", model.num_classes]),
-               value(b.named(explained, "explained_targets"), onnx.TensorProto.INT64, ["N"])]
+    outputs = score_outputs(b, model, base, explained)
     if kind == "activations":
         outputs.append(value(b.named(activations, "activations"), onnx.TensorProto.FLOAT, ["N", "K", "h", "w"]))
     else:
         weigh = {"scorecam": _score_weights, "ablationcam": _ablation_weights}[kind]
         weights = weigh(b, model, layer, layer_layout, activations, base, explained, score,
-                        batch_size or model.batch or DEFAULT_BATCH)  # [N, K]
+                        budget(model, batch_size))  # [N, K]
         cam = b.op("ReduceSum", b.op("Mul", b.op("Unsqueeze", weights, b.ints(2, 3)), activations), b.ints(1),
                    keepdims=0)
         outputs.append(value(b.named(b.op("Relu", cam), "raw"), onnx.TensorProto.FLOAT, ["N", "h", "w"]))

@@ -14,6 +14,8 @@ from onnx import TensorProto
 from onnx_explain.classifier import Classifier
 from onnx_explain.onnx_builder import Builder, inline, value
 
+DEFAULT_BATCH = 32  # images per model run: a bound on memory, and enough to keep the CPU kernels busy
+
 BodyFn = Callable[[Builder, str, list[str]], tuple[list[str], list[str]]]
 
 
@@ -71,6 +73,11 @@ def clipped_range(b: Builder, i: str, size: str, count: str) -> tuple[str, str]:
     rows = b.op("Range", start, b.op("Add", start, size), b.const(1, "int64"))
     valid = b.op("Cast", b.op("Less", rows, count), to=TensorProto.FLOAT)
     return b.op("Min", rows, b.op("Sub", count, b.const(1, "int64"))), valid
+
+
+def budget(model: Classifier, batch_size: int | None) -> int:
+    """Images per model run: the caller's, else the model's fixed batch, else DEFAULT_BATCH."""
+    return batch_size or model.batch or DEFAULT_BATCH
 
 
 def balanced_chunk(b: Builder, total: str, per_item: str, budget: int) -> tuple[str, str]:

@@ -189,11 +189,14 @@ def layer_tensors(model: Classifier) -> list[Tensor]:
     return found
 
 
-def _module(node: onnx.NodeProto) -> str:
+def _scopes(node: onnx.NodeProto) -> list[str]:
+    """The torch module path torch.onnx.export recorded for a node ([] when none): ['', 'layer4', ..., op]."""
     scopes = next((m.value for m in node.metadata_props if m.key == "pkg.torch.onnx.name_scopes"), None)
-    if scopes is None:
-        return ""
-    names = ast.literal_eval(scopes)
+    return [] if scopes is None else ast.literal_eval(scopes)
+
+
+def _module(node: onnx.NodeProto) -> str:
+    names = _scopes(node)
     return names[-2] if len(names) >= 2 else ""
 
 
@@ -218,5 +221,4 @@ def resolve_layer(model: Classifier, layer: str) -> str:
 
 
 def _in_module(node: onnx.NodeProto, module: str) -> bool:
-    scopes = next((m.value for m in node.metadata_props if m.key == "pkg.torch.onnx.name_scopes"), None)
-    return scopes is not None and module in ast.literal_eval(scopes)
+    return module in _scopes(node)

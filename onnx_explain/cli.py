@@ -13,7 +13,7 @@ import numpy as np
 from onnx_explain import cli_models
 from onnx_explain.explainer import Explainer
 from onnx_explain.progress import progress
-from onnx_explain.render import load_image, overlay, save_png, to_rgb8
+from onnx_explain.render import load_image, normalized, overlay, save_png, to_rgb8
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,11 +94,7 @@ def _explain(args: argparse.Namespace) -> None:
     shape = explainer.info.input_shape
     for path in progress(args.images, len(args.images), "explaining"):
         image = load_image(path, shape[1:])
-        x = image
-        if args.mean is not None:
-            x = x - np.asarray(args.mean, np.float32)[:, None, None]
-        if args.std is not None:
-            x = x / np.asarray(args.std, np.float32)[:, None, None]
+        x = normalized(image, args.mean, args.std)
         targets = args.target if explainer.info.top_k == 1 else None  # a file with k targets explains its top k
         result = explainer.explain(x[None].astype(np.float32), methods=args.methods, targets=targets,
                                    counterfactual=args.counterfactual or None)

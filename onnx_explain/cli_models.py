@@ -12,7 +12,7 @@ from onnx_explain.activation_cams import ablationcam, eigencam, scorecam
 from onnx_explain.classifier import Classifier, classifier, layer_tensors
 from onnx_explain.occlusion import occlusion
 from onnx_explain.progress import progress
-from onnx_explain.render import load_image, overlay, save_png, to_rgb8
+from onnx_explain.render import load_image, normalized, overlay, save_png, to_rgb8
 from onnx_explain.rise import rise
 
 CAMS = {"eigencam": eigencam, "scorecam": scorecam, "ablationcam": ablationcam}
@@ -90,11 +90,7 @@ def _method(model: Classifier, x: np.ndarray, args: argparse.Namespace):
 def _image(model: Classifier, path: Path, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """(the image [3, H, W] in [0, 1] to draw on, the batch [1, ...] in the model's layout and scaling)."""
     shown = load_image(path, model.size)
-    x = shown
-    if args.mean is not None:
-        x = x - np.asarray(args.mean, np.float32)[:, None, None]
-    if args.std is not None:
-        x = x / np.asarray(args.std, np.float32)[:, None, None]
+    x = normalized(shown, args.mean, args.std)
     if model.channels == 1:
         x = x.mean(axis=0, keepdims=True)
     if model.layout == "NHWC":

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_explain.batching import balanced_chunk, chunk_loop, clipped_range, merge_leading
+from onnx_explain.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
 from onnx_explain.classifier import Classifier, classifier
 from onnx_explain.onnx_builder import Builder, value
 from onnx_explain.scoring import (
@@ -26,11 +26,11 @@ from onnx_explain.scoring import (
     resolve_targets,
     run_built,
     scaled,
+    score_outputs,
     target_scores,
 )
 
 BASELINES = ("mean", "blur")
-DEFAULT_BATCH = 32  # images per model run: a bound on memory, and enough to keep the CPU kernels busy
 
 
 def occlusion(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, *,
@@ -77,7 +77,6 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     if wh > height or ww > width:
         raise ValueError(f"window {[wh, ww]} is larger than the image {[height, width]}")
     rows, cols = _spans(height, wh, sh), _spans(width, ww, sw)
-    budget = batch_size or (model.batch or DEFAULT_BATCH)
 
     b = Builder()
     images, targets = "images", "targets"
@@ -89,7 +88,7 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     col_of = b.const(np.tile(cols, (len(rows), 1)))
     count = len(rows) * len(cols)
     n = b.op("Gather", b.op("Shape", images), b.ints(0), axis=0)
-    trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), budget)
+    trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), budget(model, batch_size))
 
     def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
         windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
@@ -110,8 +109,7 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     raw = b.op("Mul", total, b.const(np.divide(1.0, covering, out=np.zeros_like(covering), where=covering > 0)))
     heatmap = scaled(b, b.op("Relu", raw))
     float_, size = onnx.TensorProto.FLOAT, ["N", height, width]
-    outputs = [value(b.named(base, "scores"), float_, ["N", model.num_classes]),
-               value(b.named(explained, "explained_targets"), onnx.TensorProto.INT64, ["N"]),
+    outputs = [*score_outputs(b, model, base, explained),
                value(b.named(grid, "grid"), float_, ["N", len(rows), len(cols)]),
                value(b.named(raw, "raw"), float_, size), value(b.named(heatmap, "heatmap"), float_, size)]
     return model_proto(b, model, image_inputs(model), outputs, "occlusion")

@@ -58,6 +58,16 @@ def save_png(path: str | Path, rgb: np.ndarray, scale: int = 1) -> Path:
     return path
 
 
+def normalized(image: np.ndarray, mean=None, std=None) -> np.ndarray:
+    """[C, H, W] minus a per-channel mean, divided by a per-channel std (each optional), float32."""
+    x = image
+    if mean is not None:
+        x = x - np.asarray(mean, np.float32)[:, None, None]
+    if std is not None:
+        x = x / np.asarray(std, np.float32)[:, None, None]
+    return x.astype(np.float32)
+
+
 def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """Read an image file as float32 [3, H, W] RGB in [0, 1], resized to size = (H, W)."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -77,18 +77,21 @@ class Explanation:
 
 
 def cam_heatmaps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """pytorch-grad-cam's heatmap of CAMs [N, h, w]: rectified, scaled, resized to size (H, W) with cv2,
+    """pytorch-grad-cam's heatmap of CAMs [..., h, w]: rectified, scaled, resized to size (H, W) with cv2,
     scaled again."""
-    height, width = size
-    return _scaled(np.stack([cv2.resize(_scaled(np.maximum(m, 0)), (width, height)) for m in raw]))
+    return _scaled(_resized(raw, size))
 
 
 def _resized_cam(found: Map) -> np.ndarray:
     """A CAM `raw` at layer resolution, rectified, scaled and resized to its heatmap's size with cv2."""
-    height, width = found.heatmap.shape[-2:]
-    maps = found.raw.reshape(-1, *found.raw.shape[-2:])
+    return _resized(found.raw, found.heatmap.shape[-2:]).reshape(found.heatmap.shape)
+
+
+def _resized(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    maps = raw.reshape(-1, *raw.shape[-2:])
     resized = [cv2.resize(_scaled(np.maximum(m, 0)), (width, height)) for m in maps]
-    return np.stack(resized).reshape(found.heatmap.shape)
+    return np.stack(resized).reshape(*raw.shape[:-2], height, width)
 
 
 def _scaled(maps: np.ndarray) -> np.ndarray:

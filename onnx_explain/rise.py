@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_explain.batching import balanced_chunk, chunk_loop, clipped_range
+from onnx_explain.batching import balanced_chunk, budget, chunk_loop, clipped_range
 from onnx_explain.classifier import Classifier, classifier
 from onnx_explain.onnx_builder import OPSET, Builder, value
 from onnx_explain.scoring import (
@@ -27,9 +27,8 @@ from onnx_explain.scoring import (
     resolve_targets,
     run_built,
     scaled,
+    score_outputs,
 )
-
-DEFAULT_BATCH = 32
 
 
 def rise(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, n_masks: int = 2000,
@@ -75,7 +74,7 @@ def rise_graph(model: str | Path | onnx.ModelProto | Classifier, *, n_masks: int
     explained = resolve_targets(b, base, targets)
     n = b.op("Gather", b.op("Shape", images), b.ints(0), axis=0)
     count = b.const(n_masks, "int64")
-    trips, chunk = balanced_chunk(b, count, b.op("Squeeze", n, b.ints(0)), batch_size or model.batch or DEFAULT_BATCH)
+    trips, chunk = balanced_chunk(b, count, b.op("Squeeze", n, b.ints(0)), budget(model, batch_size))
     total = b.op("ConstantOfShape", b.op("Concat", n, b.ints(height * width), axis=0),
                  value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
 
@@ -91,9 +90,8 @@ def rise_graph(model: str | Path | onnx.ModelProto | Classifier, *, n_masks: int
     total, = chunk_loop(b, trips, body, [total], [])
     raw = b.op("Reshape", b.op("Mul", total, b.const(1.0 / (n_masks * p))), b.ints(-1, height, width))
     float_, size = onnx.TensorProto.FLOAT, ["N", height, width]
-    outputs = [value(b.named(base, "scores"), float_, ["N", model.num_classes]),
-               value(b.named(explained, "explained_targets"), onnx.TensorProto.INT64, ["N"]),
-               value(b.named(raw, "raw"), float_, size), value(b.named(scaled(b, raw), "heatmap"), float_, size)]
+    outputs = [*score_outputs(b, model, base, explained), value(b.named(raw, "raw"), float_, size),
+               value(b.named(scaled(b, raw), "heatmap"), float_, size)]
     proto = model_proto(b, model, [*image_inputs(model), value("seed", onnx.TensorProto.INT64, [])], outputs, "rise")
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(seed, np.int64), "seed"))  # a default
     return proto

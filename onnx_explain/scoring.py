@@ -103,6 +103,12 @@ def model_proto(b: Builder, model: Classifier, inputs: list, outputs: list, name
     return proto
 
 
+def score_outputs(b: Builder, model: Classifier, scores: str, explained: str) -> list:
+    """The outputs every method's graph starts with: "scores" [N, classes] and "explained_targets" [N]."""
+    return [value(b.named(scores, "scores"), onnx.TensorProto.FLOAT, ["N", model.num_classes]),
+            value(b.named(explained, "explained_targets"), onnx.TensorProto.INT64, ["N"])]
+
+
 def image_inputs(model: Classifier) -> list:
     """The graph inputs every method takes: images in the model's layout and int64 targets."""
     return [value("images", onnx.TensorProto.FLOAT, ["N", *model.image_shape]),

@@ -15,7 +15,8 @@ from torch import nn
 from exporters.errors import ExportError, UnsupportedOpError
 from exporters.layers import ALL_CONV, conv_layers, pooled_classifier, resolve_layers
 from exporters.methods import CLASSIFIER, METHODS
-from exporters.trace import FEATURE_SCORES, FeatureTarget, Traced, frozen, targets_shape, trace
+from exporters.sampling import integration_rule
+from exporters.trace import FEATURE_SCORES, FeatureTarget, Sampling, Traced, frozen, targets_shape, trace
 from exporters.translations import TRANSLATIONS, check_index_readers
 from exporters.validate import validate
 from onnx_explain import __version__
@@ -32,9 +33,11 @@ class _Joint(nn.Module):
         for i, t in enumerate(traced.params.values()):
             self.register_buffer(f"p{i}", t.detach().clone())
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, counterfactual: torch.Tensor):
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, counterfactual: torch.Tensor,
+                baselines=None, seed=None, noise_std=None, lrp_epsilon=None):  # the EXTRA_INPUTS, by name
         params = {name: getattr(self, f"p{i}") for i, name in enumerate(self.names)}
-        return self.graph(params, images, targets, counterfactual)
+        given = {"baselines": baselines, "seed": seed, "noise_std": noise_std, "lrp_epsilon": lrp_epsilon}
+        return self.graph(params, images, targets, counterfactual, *(v for v in given.values() if v is not None))
 
 
 def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequence[int],
@@ -42,6 +45,8 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
                      methods: Sequence[str] = ("saliency", "guided_backprop", "gradcam"),
                      class_names: Sequence[str] | None = None, counterfactual: bool = False,
                      top_k: int = 1, feature_layer: str | None = None, feature_score: str = "max",
+                     ig_steps: int = 32, ig_method: str = "gausslegendre", noise_samples: int = 16,
+                     noise_std: float = 0.15, baseline: np.ndarray | float = 0.0, lrp_epsilon: float = 1e-9,
                      validate_export: bool = True) -> GraphInfo:
     """Write one ONNX file that computes the logits and every requested method's map in a single run.
 
@@ -49,8 +54,11 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
     top_k=k), where -1 explains the predicted class (in column j, the j-th highest); `counterfactual`, a
     bool scalar that may be left out (its default is the `counterfactual` argument).  Outputs: `logits`,
     `explained_targets` (the classes explained), per method `<method>.raw` / `<method>.heatmap` (input
-    methods) or `<method>@<layer>.raw` / `.heatmap` (layer methods), and `activation@<layer>` /
-    `gradient@<layer>` at each tapped layer.
+    methods) or `<method>@<layer>.raw` / `.heatmap` (layer methods), `<method>.delta` for the methods
+    whose attributions sum to the score (change), and `activation@<layer>` / `gradient@<layer>` at each
+    tapped layer.  The relevance and sampled methods add inputs that may be left out too: `baselines`
+    float32 [1, C, H, W] (deeplift and the integrated gradients), `seed` int64 and `noise_std` float32
+    scalars (the SmoothGrad family), `lrp_epsilon` float32 scalar; their defaults are the arguments below.
 
     Args:
         model: a classifier returning logits [N, classes]; it is traced in eval mode and left as it was.
@@ -66,6 +74,13 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         feature_layer: makes the targets channels of this layer instead of classes (Zeiler & Fergus):
             the input methods then reconstruct that feature in input space; -1 is the strongest channel.
         feature_score: "max" (the channel's strongest activation) or "sum" (its total activation).
+        ig_steps: integration steps of integrated_gradients and the ig_* SmoothGrad variants.
+        ig_method: captum's integration rules: "gausslegendre", "riemann_left", "riemann_right",
+            "riemann_middle" or "riemann_trapezoid".
+        noise_samples: noisy copies per image of the SmoothGrad family.
+        noise_std: the default standard deviation of SmoothGrad's Gaussian noise, in input units.
+        baseline: the default baseline of deeplift and integrated gradients: a number or an array [C, H, W].
+        lrp_epsilon: the default stabiliser of lrp_epsilon (captum's EpsilonRule default is 1e-9).
         validate_export: compare ONNX Runtime (default optimisation level) with torch after export.
 
     Returns:
@@ -101,7 +116,9 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
                              f"({choices}), got {top_k}")
         classifier = (pooled_classifier(model, list(tapped), input_shape)
                       if any(m.layer_rule == CLASSIFIER for m in chosen) else None)
-        traced = trace(model, input_shape, chosen, tapped, classifier, top_k, feature)
+        sampling = _sampling(ig_steps, ig_method, noise_samples)
+        defaults = _defaults(input_shape, baseline, noise_std, lrp_epsilon)
+        traced = trace(model, input_shape, chosen, tapped, classifier, top_k, feature, sampling, defaults)
         proto = _to_onnx(traced, counterfactual)
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} outputs")
@@ -110,6 +127,7 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         class_names=tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes)),
         maps=tuple(_map_outputs(chosen, tapped)), layers={k: v.shape for k, v in tapped.items()},
         producer=f"onnx-explain {__version__}", opset=_opset(proto), top_k=top_k,
+        sampling=_sampling_info(chosen, sampling),
         feature={"layer": feature.layer, "score": feature.score, "channels": choices} if feature else None)
     write_info(proto, info)
     path = Path(path)
@@ -118,6 +136,39 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
     if validate_export:
         validate(path, traced)
     return info
+
+
+def _sampling(steps: int, integration: str, samples: int) -> Sampling:
+    integration_rule(integration, steps)  # raises on a bad rule or step count
+    if samples < 1:
+        raise ValueError(f"noise_samples must be at least 1, got {samples}")
+    return Sampling(int(steps), integration, int(samples))
+
+
+def _sampling_info(chosen, sampling: Sampling) -> dict:
+    """The export-time settings the file's sampled methods use, for the metadata."""
+    info = {}
+    if any(m.sampler and m.sampler.path for m in chosen):
+        info.update(steps=sampling.steps, integration=sampling.integration)
+    if any(m.sampler and m.sampler.noise for m in chosen):
+        info.update(samples=sampling.samples)
+    return info
+
+
+def _defaults(input_shape: tuple[int, ...], baseline, noise_std: float, lrp_epsilon: float) -> dict[str, torch.Tensor]:
+    """The values of the optional graph inputs when a caller leaves them out."""
+    base = np.asarray(baseline, dtype=np.float32)
+    if base.ndim == 0:
+        base = np.full(input_shape, base, np.float32)
+    if base.shape not in (input_shape, (1, *input_shape)) or not np.isfinite(base).all():
+        raise ValueError(f"baseline must be a finite number or an array {list(input_shape)}, got shape {list(base.shape)}")
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    if not lrp_epsilon >= 0:
+        raise ValueError(f"lrp_epsilon must be >= 0, got {lrp_epsilon}")
+    return {"baselines": torch.from_numpy(base.reshape(1, *input_shape).copy()),
+            "seed": torch.tensor(0, dtype=torch.int64), "noise_std": torch.tensor(float(noise_std)),
+            "lrp_epsilon": torch.tensor(float(lrp_epsilon))}
 
 
 def _check_methods(methods: Sequence[str]):
@@ -138,6 +189,10 @@ def _feature_target(model: nn.Module, chosen, layer: str | None, score: str,
     if layer_methods:
         raise ValueError(f"feature targets explain a channel in input space with input methods; {layer_methods} "
                          "explain a class at a layer (export them without feature_layer)")
+    scored = [m.name for m in chosen if m.sampler or m.input_rule in ("lrp", "deeplift")]
+    if scored:
+        raise ValueError(f"feature targets work with saliency, guided_backprop, deconvnet and gradient_x_input; "
+                         f"{scored} explain a class score (export them without feature_layer)")
     return FeatureTarget(layer, resolve_layers(model, [layer], input_shape)[layer], score)
 
 
@@ -155,7 +210,8 @@ def _map_outputs(chosen, tapped) -> list[MapOutputs]:
     for m in chosen:
         for layer in ([None] if m.at == "input" else list(tapped)):
             stem = m.name if layer is None else f"{m.name}@{layer}"
-            maps.append(MapOutputs(m.name, layer, f"{stem}.raw", f"{stem}.heatmap"))
+            maps.append(MapOutputs(m.name, layer, f"{stem}.raw", f"{stem}.heatmap",
+                                   f"{stem}.delta" if m.delta else None))
     return maps
 
 
@@ -171,9 +227,11 @@ def _to_onnx(traced: Traced, counterfactual: bool) -> onnx.ModelProto:
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 # optimize=False: ONNX Runtime optimises at load, and onnxscript's optimiser took minutes on densenet
-                joint, (images, targets, flag), dynamo=True, verbose=False, optimize=False,
-                input_names=["images", "targets", "counterfactual"], output_names=traced.output_names,
-                dynamic_shapes={"images": {0: n}, "targets": {0: n}, "counterfactual": {}},
+                joint, (images, targets, flag), kwargs=dict(traced.extras), dynamo=True, verbose=False,
+                optimize=False, input_names=["images", "targets", "counterfactual", *traced.extras],
+                output_names=traced.output_names,
+                dynamic_shapes={"images": {0: n}, "targets": {0: n}, "counterfactual": {},
+                                **{name: {} for name in traced.extras}},
                 custom_translation_table=TRANSLATIONS)
     except Exception as e:  # torch.onnx raises several types; all mean the graph cannot be written
         ops = _untranslatable(traced, _chain_text(e))
@@ -182,6 +240,8 @@ def _to_onnx(traced: Traced, counterfactual: bool) -> onnx.ModelProto:
         raise ExportError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from e
     proto = program.model_proto
     _set_default(proto, "counterfactual", np.array(counterfactual))
+    for name, value in traced.extras.items():
+        _set_default(proto, name, value.numpy())
     return proto
 
 

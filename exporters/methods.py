@@ -23,12 +23,20 @@ CLASSIFIER = "classifier"  # a layer "rule": the classifier's weights of the tar
 class HeadInputs:
     """What a head reads.  images [N, C, H, W]; input_grad: d score / d images through the method's
     input rule; for layer methods, activation A [N, K, h, w] and layer_grad, d score / d A through the
-    method's layer rule (sign-flipped for counterfactual maps), or the class weights [N, K, 1, 1] (cam)."""
+    method's layer rule (sign-flipped for counterfactual maps), or the class weights [N, K, 1, 1] (cam).
+    Sampled methods read samples [N, S, C, H, W], one attribution per noisy copy (the input gradient, or
+    integrated gradients along the path from the baseline).  scores [N] and reference_scores [N] are the
+    target's logit on the images and on the baseline [1, C, H, W], for the methods that report how far
+    their attributions sum from the score change (the convergence delta)."""
 
     images: torch.Tensor
     input_grad: torch.Tensor | None = None
     activation: torch.Tensor | None = None
     layer_grad: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+    baselines: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    reference_scores: torch.Tensor | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -36,16 +44,28 @@ class HeadInputs:
 
 
 @dataclass(frozen=True)
+class Sampler:
+    """Where a sampled method takes its gradients: at noisy copies of the image (SmoothGrad), at points on
+    the path from the baseline to the image (integrated gradients), or both (the path of each copy)."""
+
+    noise: bool
+    path: bool
+
+
+@dataclass(frozen=True)
 class Method:
     """name: as used in methods=[...]; at: "input" (one map) or "layer" (one map per tapped layer);
-    input_rule / layer_rule: the ReLU rule of the backward pass whose gradient the head reads at the
-    input / at the layer (None: not read); head: HeadInputs -> (raw, heatmap)."""
+    input_rule / layer_rule: the rule of the backward pass whose gradient the head reads at the input /
+    at the layer (None: not read); sampler: where the input gradients are taken (None: at the images);
+    head: HeadInputs -> (raw, heatmap), or (raw, heatmap, delta) when `delta`."""
 
     name: str
     at: str
     input_rule: str | None
     layer_rule: str | None
-    head: Callable[[HeadInputs], tuple[torch.Tensor, torch.Tensor]]
+    head: Callable[[HeadInputs], tuple[torch.Tensor, ...]]
+    sampler: Sampler | None = None
+    delta: bool = False
 
     @property
     def counterfactual(self) -> bool:
@@ -56,13 +76,15 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str, *, at: str, input_rule: str | None = None, layer_rule: str | None = None) -> Callable:
+def method(name: str, *, at: str, input_rule: str | None = None, layer_rule: str | None = None,
+           sampler: Sampler | None = None, delta: bool = False) -> Callable:
     assert at in ("input", "layer") and (at == "layer" or layer_rule is None)
     assert input_rule in (None, *RULES) and layer_rule in (None, CLASSIFIER, *RULES)
+    assert sampler is None or at == "input"
     assert name not in METHODS, f"method {name!r} registered twice"
 
     def wrap(head: Callable) -> Callable:
-        METHODS[name] = Method(name, at, input_rule, layer_rule, head)
+        METHODS[name] = Method(name, at, input_rule, layer_rule, head, sampler, delta)
         return head
 
     return wrap
@@ -113,11 +135,77 @@ method("guided_backprop", at="input", input_rule="guided")(_gradient_map)
 method("deconvnet", at="input", input_rule="deconvnet")(_gradient_map)
 
 
+def _relevance_heatmap(raw: torch.Tensor) -> torch.Tensor:
+    """|sum over channels| of an attribution that sums to the score (change), as captum shows it."""
+    return normalize(raw.sum(dim=1).abs())
+
+
+def _total(raw: torch.Tensor) -> torch.Tensor:
+    return raw.sum(dim=(1, 2, 3))
+
+
 @method("gradient_x_input", at="input", input_rule="plain")
 def gradient_x_input(x: HeadInputs):
-    """Shrikumar et al.: the input times its gradient; the heatmap is |sum over channels|, as captum shows it."""
+    """Shrikumar et al.: the input times its gradient."""
     raw = x.input_grad * x.images
-    return raw, normalize(raw.sum(dim=1).abs())
+    return raw, _relevance_heatmap(raw)
+
+
+# The relevance family: attributions that add up to the score, or to its change from a baseline.  Each
+# head also returns the convergence delta, captum's name for how far from that they add up.
+
+@method("lrp_epsilon", at="input", input_rule="lrp", delta=True)
+def lrp_epsilon(x: HeadInputs):
+    """Bach et al., the epsilon rule (exporters.relevance): the input times its LRP-modified gradient;
+    the relevances sum to the target's logit."""
+    raw = x.input_grad * x.images
+    return raw, _relevance_heatmap(raw), _total(raw) - x.scores
+
+
+@method("deeplift", at="input", input_rule="deeplift", delta=True)
+def deeplift(x: HeadInputs):
+    """Shrikumar et al., the rescale rule: the input's change from the baseline times its multipliers;
+    they sum to the logit's change from the baseline."""
+    raw = x.input_grad * (x.images - x.baselines)
+    return raw, _relevance_heatmap(raw), _total(raw) - (x.scores - x.reference_scores)
+
+
+@method("integrated_gradients", at="input", input_rule="plain", sampler=Sampler(noise=False, path=True), delta=True)
+def integrated_gradients(x: HeadInputs):
+    """Sundararajan et al.: (image - baseline) times the path integral of the gradient, by the export's
+    integration rule; the delta is its error against the logit's change."""
+    raw = x.samples[:, 0]
+    return raw, _relevance_heatmap(raw), _total(raw) - (x.scores - x.reference_scores)
+
+
+# SmoothGrad (Smilkov et al.) and its variants, as captum's NoiseTunnel: the mean of the attributions of
+# noisy copies of the image, the mean of their squares, or their variance (VarGrad, Adebayo et al.).
+
+NOISE_REDUCTIONS = {
+    "smoothgrad": lambda a: a.mean(dim=1),
+    "smoothgrad_sq": lambda a: (a * a).mean(dim=1),
+    "vargrad": lambda a: (a * a).mean(dim=1) - a.mean(dim=1) ** 2,
+}
+# base method -> (prefix of the smoothed names, its rule, whether it integrates along the path, heatmap)
+NOISE_BASES = {
+    "saliency": ("", "plain", False, lambda raw: normalize(raw.abs().amax(dim=1))),
+    "guided_backprop": ("guided_", "guided", False, lambda raw: normalize(raw.abs().amax(dim=1))),
+    "integrated_gradients": ("ig_", "plain", True, _relevance_heatmap),
+}
+
+
+def _smoothed(reduce: Callable, heatmap: Callable) -> Callable:
+    def head(x: HeadInputs):
+        raw = reduce(x.samples)
+        return raw, heatmap(raw)
+
+    return head
+
+
+for _reduction, _reduce in NOISE_REDUCTIONS.items():
+    for _prefix, _rule, _path, _heatmap in NOISE_BASES.values():
+        method(_prefix + _reduction, at="input", input_rule=_rule,
+               sampler=Sampler(noise=True, path=_path))(_smoothed(_reduce, _heatmap))
 
 
 # The CAM family: a combination of the activations A_k and the gradients G_k = d score / d A_k at a

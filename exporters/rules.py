@@ -16,8 +16,11 @@ from collections.abc import Iterator
 import torch
 
 from exporters.decompositions import aten, register
+from exporters.errors import UnsupportedOpError
 
-RULES = ("plain", "guided", "deconvnet")
+# lrp and deeplift keep autograd's ReLU gradient here: their rules live at call sites (exporters.relevance),
+# which read current_rule() too.
+RULES = ("plain", "guided", "deconvnet", "lrp", "deeplift")
 _rule: contextvars.ContextVar[str] = contextvars.ContextVar("relu_rule", default="plain")
 
 
@@ -33,6 +36,11 @@ def relu_rule(name: str) -> Iterator[None]:
         _rule.reset(token)
 
 
+def current_rule() -> str:
+    """The rule of the backward pass being traced."""
+    return _rule.get()
+
+
 @register(aten.threshold_backward.default)
 def aten_threshold_backward(grad_output, self, threshold):
     """threshold_backward(Tensor grad_output, Tensor self, Scalar threshold) -> Tensor
@@ -42,6 +50,9 @@ def aten_threshold_backward(grad_output, self, threshold):
     deconvnet (Zeiler & Fergus): the positive part of the incoming gradient, ignoring the forward mask.
     """
     rule = _rule.get()
+    if rule == "deeplift":
+        raise UnsupportedOpError("DeepLIFT met a ReLU it did not pair with its reference (a ReLU called in a "
+                                 "way exporters.relevance.CallSites does not intercept)")
     if rule == "deconvnet":
         return torch.relu(grad_output)
     if rule == "guided":

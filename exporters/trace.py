@@ -5,19 +5,20 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from exporters.decompositions import COMPOSITES, decomposition_table
+from exporters.decompositions import aten, decomposition_table
 from exporters.errors import UnsupportedOpError
 from exporters.layers import LayerInfo
-from exporters.methods import CLASSIFIER, HeadInputs, Method
+from exporters.methods import CLASSIFIER, HeadInputs, Method, Sampler
+from exporters.relevance import RULED_OPS, CallSites, check_ops
 from exporters.rules import relu_rule
+from exporters.sampling import integration_rule, noisy, on_path, weighted_sum
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Traced:
     input_shape: tuple[int, ...]
     origins: dict[str, str]  # ATen op name -> the module that first called it
     top_k: int = 1  # targets per image
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # optional inputs, in order, with defaults
 
 
 @contextlib.contextmanager
@@ -48,13 +50,6 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-class _Composites(TorchFunctionMode):
-    """Routes the torch functions registered with register_composite to their replacements."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return COMPOSITES.get(func, func)(*args, **(kwargs or {}))
-
-
 @contextlib.contextmanager
 def _taps(model: nn.Module, deltas: dict[str, torch.Tensor], acts: dict[str, torch.Tensor]) -> Iterator[None]:
     """Adds deltas[name] (zeros) to each tapped layer's output and records the result.
@@ -66,7 +61,7 @@ def _taps(model: nn.Module, deltas: dict[str, torch.Tensor], acts: dict[str, tor
 
     def hook(name: str):
         def add(_module, _inputs, output):
-            tapped = output + deltas[name]
+            tapped = aten.add.Tensor(output, deltas[name])  # an ATen call: not a residual add for LRP
             acts[name] = tapped
             return tapped
 
@@ -93,24 +88,68 @@ class FeatureTarget:
     score: str  # "max" or "sum"
 
 
+# The optional graph inputs, in the order the graph takes them, with their example values; each has a
+# default (exporters.export), so callers may leave it out.
+EXTRA_INPUTS = ("baselines", "seed", "noise_std", "lrp_epsilon")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Export-time settings of the sampled methods: integrated gradients' steps and integration rule
+    (captum's names), and SmoothGrad's number of noisy copies."""
+
+    steps: int = 32
+    integration: str = "gausslegendre"
+    samples: int = 16
+
+    def rule(self) -> tuple[list[float], list[float]]:
+        return integration_rule(self.integration, self.steps)
+
+
+def extra_inputs(methods: Sequence[Method]) -> list[str]:
+    """The optional graph inputs the methods read."""
+    needs = set()
+    for m in methods:
+        if m.input_rule == "deeplift" or (m.sampler and m.sampler.path):
+            needs.add("baselines")
+        if m.sampler and m.sampler.noise:
+            needs |= {"seed", "noise_std"}
+        if m.input_rule == "lrp":
+            needs.add("lrp_epsilon")
+    return [name for name in EXTRA_INPUTS if name in needs]
+
+
 def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str, LayerInfo],
-                   classifier: str | None = None, top_k: int = 1, feature: FeatureTarget | None = None):
-    """f(params, images, targets, counterfactual) -> outputs: the forward pass, then for each target of
-    an image one backward pass per ReLU rule the methods read (all sharing the forward), and the
-    methods' heads.  `classifier` names the weight of the linear layer whose rows are CAM's class
+                   classifier: str | None = None, top_k: int = 1, feature: FeatureTarget | None = None,
+                   sampling: Sampling = Sampling()):
+    """f(params, images, targets, counterfactual, *extras) -> outputs: the forward pass, then for each
+    target of an image one backward pass per rule the methods read (all sharing the forward), and the
+    methods' heads.  Sampled methods (SmoothGrad, integrated gradients) run the model once more on their
+    batch of points, with one backward pass per rule they read.  `extras` are the inputs extra_inputs
+    names, in that order.  `classifier` names the weight of the linear layer whose rows are CAM's class
     weights.  With top_k > 1, targets are [N, k] and every map gets a k axis after N.  With a feature
     target, the score is a channel of that layer instead of a logit (input methods only)."""
-    input_rules = {m.input_rule for m in methods} - {None}
-    layer_rules = {m.layer_rule for m in methods} - {None, CLASSIFIER}
+    at_images = [m for m in methods if m.sampler is None]
+    input_rules = {m.input_rule for m in at_images} - {None}
+    layer_rules = {m.layer_rule for m in at_images} - {None, CLASSIFIER}
+    samplers = {m.sampler: {n.input_rule for n in methods if n.sampler == m.sampler} for m in methods if m.sampler}
+    deeplift = "deeplift" in input_rules
     taps = {**layers, **({feature.layer: feature.info} if feature else {})}
+    extra_names = extra_inputs(methods)
 
-    def f(params, images, targets, counterfactual):
+    def f(params, images, targets, counterfactual, *extras):
+        extra = dict(zip(extra_names, extras, strict=True))
         n = images.shape[0]
         deltas = {name: images.new_zeros((n, *info.shape)) for name, info in taps.items()}
+        references: list[torch.Tensor] = []
+        if "baselines" in extra:  # the baseline's logits, and each ReLU's and max pool's input on it
+            with CallSites(record=references):
+                reference_logits = torch.func.functional_call(model, params, (extra["baselines"],))
+        sites = {"lrp_epsilon": extra.get("lrp_epsilon"), "references": references if deeplift else None}
 
         def forward(x, d):
             acts: dict[str, torch.Tensor] = {}
-            with _taps(model, d, acts), _Composites():
+            with _taps(model, d, acts), CallSites(**sites):
                 logits = torch.func.functional_call(model, params, (x,))
             return logits, acts
 
@@ -124,9 +163,11 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
         else:
             if input_rules:
                 logits, vjp_fn, acts = torch.func.vjp(forward, images, deltas, has_aux=True)
-            else:  # layer methods only: the backward passes stop at the layers
+            else:  # layer methods (or sampled ones) only: the backward passes stop at the layers
                 logits, vjp_fn, acts = torch.func.vjp(lambda d: forward(images, d), deltas, has_aux=True)
             scores = logits
+        sampled = {sampler: _sampled_pass(model, params, images, extra, sampler, sampling)
+                   for sampler in samplers}
         # counterfactual maps (Selvaraju et al.) flip the gradient at the layer: regions against the class
         sign = 1 - 2 * counterfactual.to(images.dtype)
 
@@ -142,17 +183,24 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
                 # grads: (d images, d deltas), (d images,) for feature targets, (d deltas,) for layers only
                 input_grads[rule] = grads[0] if input_rules else None
                 layer_grads[rule] = grads[-1] if layers else {}
+            samples = {(sampler, rule): attribute(cotangent, rule)
+                       for sampler, attribute in sampled.items() for rule in samplers[sampler]}
             if classifier:
                 layer_grads[CLASSIFIER] = dict.fromkeys(layers, params[classifier][target][:, :, None, None])
+            target_scores = {"scores": logits.gather(1, target[:, None])[:, 0]} if not feature else {}
+            if "baselines" in extra:
+                target_scores["reference_scores"] = reference_logits.expand_as(logits).gather(1, target[:, None])[:, 0]
             for m in (m for m in methods if m.at == "input"):
-                out[f"{m.name}.raw"], out[f"{m.name}.heatmap"] = m.head(HeadInputs(images, input_grads[m.input_rule]))
+                x = HeadInputs(images, input_grads.get(m.input_rule), samples=samples.get((m.sampler, m.input_rule)),
+                               baselines=extra.get("baselines"), **target_scores)
+                _store(out, m.name, m.head(x))
             for name in layers:
                 if "plain" in layer_grads:
                     out[f"gradient@{name}"] = layer_grads["plain"][name]
                 for m in (m for m in methods if m.at == "layer"):
                     grad = layer_grads[m.layer_rule][name] * sign
                     x = HeadInputs(images, input_grads.get(m.input_rule), acts[name], grad)
-                    out[f"{m.name}@{name}.raw"], out[f"{m.name}@{name}.heatmap"] = m.head(x)
+                    _store(out, f"{m.name}@{name}", m.head(x))
             return out
 
         if top_k == 1:
@@ -166,6 +214,41 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
                 **{f"activation@{name}": acts[name] for name in layers}, **per_target}
 
     return f
+
+
+def _store(out: dict, stem: str, values: tuple[torch.Tensor, ...]) -> None:
+    """A head's (raw, heatmap[, delta]) as the outputs <stem>.raw, <stem>.heatmap[, <stem>.delta]."""
+    for suffix, value in zip(("raw", "heatmap", "delta"), values):
+        out[f"{stem}.{suffix}"] = value
+
+
+def _sampled_pass(model: nn.Module, params, images: torch.Tensor, extra: dict, sampler: Sampler,
+                  sampling: Sampling):
+    """Runs the model on the sampler's points as one batch [N * S * m] and returns attribute(cotangent,
+    rule) -> [N, S, C, H, W]: per noisy copy (S = 1 without noise), the input gradient through the rule
+    (m = 1), or integrated gradients along the copy's path from the baseline (m steps)."""
+    inputs = (noisy(images, extra["noise_std"], extra["seed"], sampling.samples) if sampler.noise
+              else images[:, None])
+    alphas, weights = sampling.rule() if sampler.path else ([1.0], [1.0])
+    points = on_path(inputs, extra["baselines"], alphas) if sampler.path else inputs[:, :, None]
+    shape = points.shape[:3]
+
+    def forward(x):
+        with CallSites():
+            return torch.func.functional_call(model, params, (x,))
+
+    _, vjp_fn = torch.func.vjp(forward, points.flatten(0, 2))
+
+    def attribute(cotangent: torch.Tensor, rule: str) -> torch.Tensor:
+        spread = cotangent[:, None, None].expand(*shape, cotangent.shape[1]).flatten(0, 2)
+        with relu_rule(rule):
+            (grads,) = vjp_fn(spread)
+        grads = grads.reshape(*shape, *grads.shape[1:])
+        if not sampler.path:
+            return grads[:, :, 0]
+        return (inputs - extra["baselines"][:, None]) * weighted_sum(grads, weights)
+
+    return attribute
 
 
 def _feature_cotangent(fmap: torch.Tensor, channel: torch.Tensor, score: str) -> torch.Tensor:
@@ -182,24 +265,43 @@ def _feature_cotangent(fmap: torch.Tensor, channel: torch.Tensor, score: str) ->
 
 def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method],
           layers: dict[str, LayerInfo], classifier: str | None = None, top_k: int = 1,
-          feature: FeatureTarget | None = None) -> Traced:
-    """Trace the joint function with a symbolic batch dimension; parameters become graph inputs."""
+          feature: FeatureTarget | None = None, sampling: Sampling = Sampling(),
+          defaults: dict[str, torch.Tensor] | None = None) -> Traced:
+    """Trace the joint function with a symbolic batch dimension; parameters become graph inputs.
+    `defaults` holds the value of each optional input the methods read (extra_inputs)."""
     params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    f = joint_function(model, methods, layers, classifier, top_k, feature)
+    f = joint_function(model, methods, layers, classifier, top_k, feature, sampling)
     batch = _trace_batch(params, input_shape, top_k)
     images = torch.randn(batch, *input_shape)
     targets = torch.full(targets_shape(batch, top_k), -1, dtype=torch.int64)
     counterfactual = torch.tensor(False)
+    extras = {name: (defaults or {})[name] for name in extra_inputs(methods)}
     origins = op_origins(model, images)
+    for m in methods:
+        if m.input_rule in RULED_OPS:
+            check_ops(m.name, RULED_OPS[m.input_rule], origins)
+    args = (params, images, targets, counterfactual, *extras.values())
     try:
-        names = list(f(params, images, targets, counterfactual))  # eager: names the outputs, surfaces errors early
+        eager = f(*args)  # names the outputs, surfaces errors early
+        names = list(eager)
+        _check_forward(model, images, eager["logits"])
         gm = make_fx(_as_tuple(f), decomposition_table=decomposition_table(), tracing_mode="symbolic",
-                     record_module_stack=True)(params, images, targets, counterfactual)
+                     record_module_stack=True)(*args)
     except (RuntimeError, NotImplementedError) as e:
         raise UnsupportedOpError(_explain_trace_error(e, origins)) from e
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    return Traced(gm, params, names, tuple(input_shape), origins, top_k)
+    return Traced(gm, params, names, tuple(input_shape), origins, top_k, extras)
+
+
+def _check_forward(model: nn.Module, images: torch.Tensor, logits: torch.Tensor) -> None:
+    """The instrumented forward pass must compute what the model computes (an in-place op whose result
+    the model does not use would not survive the call-site rules)."""
+    with torch.no_grad():
+        want = model(images)
+    if not torch.allclose(logits, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())):
+        raise UnsupportedOpError("the forward pass changed under the methods' call-site rules (an in-place op "
+                                 "whose result the model drops?); export the methods without relevance rules")
 
 
 def _trace_batch(params: dict[str, torch.Tensor], input_shape: Sequence[int], top_k: int) -> int:

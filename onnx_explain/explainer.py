@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_explain.inputs import check_images, check_targets
+from onnx_explain.inputs import check_baselines, check_images, check_scalar, check_targets
 from onnx_explain.metadata import GraphInfo, read_info
 from onnx_explain.providers import resolve_providers
 from onnx_explain.result import Explanation, Map
@@ -69,7 +69,9 @@ class Explainer:
 
     def explain(self, images: np.ndarray, methods: Sequence[str] | str | None = None,
                 targets: Sequence[int] | np.ndarray | int | None = None,
-                counterfactual: bool | None = None) -> Explanation:
+                counterfactual: bool | None = None, *, baselines: np.ndarray | float | None = None,
+                seed: int | None = None, noise_std: float | None = None,
+                lrp_epsilon: float | None = None) -> Explanation:
         """Explain a batch in one run of the graph.
 
         Args:
@@ -79,30 +81,53 @@ class Explainer:
                 a file exported with top_k=k, [N, k] (-1 in column j: the j-th highest class) or None.
             counterfactual: True maps, for the CAM family, the regions that argue against the target (the
                 gradient at the layer with its sign flipped); None keeps the default set at export.
+            baselines: the reference input of deeplift and integrated gradients: a number, one array
+                [C, H, W] for the batch, or one per image [N, C, H, W] (the batch then runs image by
+                image); None keeps the export's default (zeros unless set).
+            seed: the SmoothGrad family's noise is a pure function of this seed (default 0): the same
+                seed gives the same maps.
+            noise_std: the standard deviation of SmoothGrad's noise, in input units (default: export's).
+            lrp_epsilon: the stabiliser of lrp_epsilon (default: the export's, 1e-9 unless set).
 
         Returns:
             Explanation with .logits, .targets and result[method].heatmap / .raw (with top_k=k, a k axis
             after N: targets [N, k], heatmaps [N, k, H, W]).
 
         Raises:
-            ValueError: wrong shape, dtype, NaN or inf in images; bad targets; unknown method; counterfactual
-                asked of a file exported before it existed.
+            ValueError: wrong shape, dtype, NaN or inf in images or baselines; bad targets; unknown method;
+                an input (counterfactual, baselines, seed, ...) that the file's methods do not take.
         """
         images = check_images(images, self.info.input_shape)
         what = f"channel of {self.info.feature['layer']}" if self.info.feature else "class"
         targets = check_targets(targets, len(images), len(self.info.target_names), self.info.top_k, what)
         maps = self._select(methods)
-        names = ["logits", "explained_targets"] + [n for m in maps for n in (m.raw, m.heatmap)]
+        names = ["logits", "explained_targets"] + [n for m in maps for n in (m.raw, m.heatmap, m.delta) if n]
+        options = {"counterfactual": None if counterfactual is None else np.array(bool(counterfactual)),
+                   "baselines": None if baselines is None else check_baselines(baselines, len(images),
+                                                                               self.info.input_shape),
+                   "seed": None if seed is None else check_scalar("seed", seed, "i"),
+                   "noise_std": None if noise_std is None else check_scalar("noise_std", noise_std, "f"),
+                   "lrp_epsilon": None if lrp_epsilon is None else check_scalar("lrp_epsilon", lrp_epsilon, "f")}
         feeds = {"images": images, "targets": targets}
-        if counterfactual is not None:
-            if "counterfactual" not in self.inputs:
-                raise ValueError(f"{self.path.name} has no counterfactual input; export it again with this version")
-            feeds["counterfactual"] = np.array(bool(counterfactual))
-        values = self.session.run(names, feeds)
-        logits, explained, rest = values[0], values[1], values[2:]
-        result = {(m.method, m.layer): Map(m.method, m.layer, rest[2 * i + 1], rest[2 * i])
-                  for i, m in enumerate(maps)}
-        return Explanation(logits, explained, result, self.info.target_names)
+        for name, value in options.items():
+            if value is not None:
+                if name not in self.inputs:
+                    raise ValueError(f"{self.path.name} has no {name} input: none of its methods "
+                                     f"{list(self.methods)} takes it (or it was exported before it existed)")
+                feeds[name] = value
+        values = dict(zip(names, self._run(names, feeds), strict=True))
+        result = {(m.method, m.layer): Map(m.method, m.layer, values[m.heatmap], values[m.raw], values.get(m.delta))
+                  for m in maps}
+        return Explanation(values["logits"], values["explained_targets"], result, self.info.target_names)
+
+    def _run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One run, or one per image when each image has its own baseline (the graph takes one [1, ...])."""
+        baselines = feeds.get("baselines")
+        if baselines is None or len(baselines) == 1:
+            return self.session.run(names, feeds)
+        per_image = [self.session.run(names, {k: v[i:i + 1] if k in ("images", "targets", "baselines") else v
+                                              for k, v in feeds.items()}) for i in range(len(baselines))]
+        return [np.concatenate(parts) for parts in zip(*per_image, strict=True)]
 
     def _select(self, methods):
         if methods is None:

@@ -44,3 +44,33 @@ def check_targets(targets: object, n: int, num_classes: int, top_k: int = 1, wha
     if bad.size:
         raise ValueError(f"targets {bad.tolist()} out of range; expected -1 (predicted {what}) or 0..{num_classes - 1}")
     return arr.astype(np.int64)
+
+
+def check_baselines(baselines: object, n: int, input_shape: Sequence[int]) -> np.ndarray:
+    """A number, one baseline [C, H, W] or [1, C, H, W] for the whole batch, or one per image [N, C, H, W];
+    returned float32 [1 or N, C, H, W], finite."""
+    shape = tuple(input_shape)
+    arr = np.asarray(baselines, dtype=np.float32) if not isinstance(baselines, np.ndarray) else baselines
+    if arr.ndim == 0:
+        arr = np.full((1, *shape), arr, np.float32)
+    if arr.shape == shape:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[1:] != shape or arr.shape[0] not in (1, n):
+        raise ValueError(f"baselines must be a number, [{', '.join(map(str, shape))}], [1, ...] or one per image "
+                         f"[{n}, ...], got shape {list(arr.shape)}")
+    if arr.dtype.kind != "f":
+        raise ValueError(f"baselines must be float32, got dtype {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError("baselines contain NaN or inf values; expected finite values")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def check_scalar(name: str, value: object, kind: str) -> np.ndarray:
+    """A finite non-negative float ("f") or an integer ("i") as the graph's 0-d input."""
+    if kind == "i":
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return np.array(value, np.int64)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return np.array(value, np.float32)

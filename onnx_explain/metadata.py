@@ -19,6 +19,7 @@ class MapOutputs:
     layer: str | None
     raw: str
     heatmap: str
+    delta: str | None = None  # [N]: how far the attributions sum from the score (change)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class GraphInfo:
     opset: int = 0
     top_k: int = 1  # targets per image: `targets` is [N] for 1, [N, k] otherwise, and maps get a k axis
     feature: dict | None = None  # {"layer", "score", "channels"} when targets are channels of a layer
+    sampling: dict = field(default_factory=dict)  # {"steps", "integration", "samples"} of the sampled methods
 
     @property
     def target_names(self) -> tuple[str, ...]:

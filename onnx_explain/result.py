@@ -15,12 +15,15 @@ class Map:
     heatmap: float32 [N, H, W] in [0, 1] at input resolution.
     raw: the method's own quantity before reduction and normalisation (the signed input gradient
         [N, C, H, W] for saliency and guided backprop; ReLU(sum_k w_k A_k) [N, h, w] for gradcam).
+    delta: for lrp_epsilon, deeplift and integrated_gradients, the sum of `raw` minus the target's logit
+        (lrp_epsilon) or minus its change from the baseline (captum's convergence delta); else None.
     """
 
     method: str
     layer: str | None
     heatmap: np.ndarray
     raw: np.ndarray
+    delta: np.ndarray | None = None  # [N], for methods whose attributions sum to the score (change)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,16 @@ import torch
 from conftest import PARITY_MODELS, images, methods_for
 
 from exporters import METHODS
+from exporters.methods import NOISE_BASES, NOISE_REDUCTIONS
 from exporters.validate import KINK_RTOL, RTOL, per_image_errors
 
 EXACT_SHARE = 0.5
+# The ig_* SmoothGrad variants average gradients at S x m points (4 x 8 here); each point, like each
+# image above, can put a pre-activation on the other side of a ReLU kink, so nearly every image holds one
+# such point.  Its 1e-2-sized change, averaged over 32 points, moved vgg11_bn's maps by up to 4e-3
+# (captum's NoiseTunnel equals the mean of its per-copy IntegratedGradients exactly, so this is rounding,
+# not a difference of method).  They are held to SAMPLED_RTOL on every image instead of EXACT_SHARE.
+SAMPLED_RTOL = 1e-2
 # pytorch-grad-cam resizes with cv2.resize, whose bilinear weights are rounded to fixed point: measured
 # 3e-4 against exact bilinear on efficientnet_b0's 2x2 map (1e-6 on the others).
 HEATMAP_ATOL = 1e-3
@@ -49,6 +56,20 @@ def _guided_cam(cam_method: str, e, x, targets):
     return _ruled("guided", e, x, targets) * references.exact_cam_heatmap(cam, x.shape[2:])[:, None]
 
 
+def _zeros(e) -> np.ndarray:
+    return np.zeros((1, *e.info.input_shape), np.float32)
+
+
+def _ig_settings(e) -> dict:
+    return {"baselines": _zeros(e), "steps": e.info.sampling["steps"], "method": e.info.sampling["integration"]}
+
+
+def _smoothed(kind: str, base: str, e, x, targets):
+    ig = _ig_settings(e) if base == "integrated_gradients" else {}
+    return references.noise_tunnel(kind, base, e.model, x, targets, e.info.sampling["samples"], NOISE_STD, **ig)
+
+
+NOISE_STD = 0.15  # the export default
 REFERENCES = {
     "saliency": lambda e, x, t: references.saliency(e.model, x, t),
     "gradient_x_input": lambda e, x, t: references.gradient_x_input(e.model, x, t),
@@ -58,6 +79,11 @@ REFERENCES = {
     **{m: functools.partial(_cam_family, m) for m in PYTORCH_GRAD_CAM},
     "guided_gradcam": functools.partial(_guided_cam, "gradcam"),
     "guided_gradcam++": functools.partial(_guided_cam, "gradcam++"),
+    "lrp_epsilon": lambda e, x, t: references.lrp_epsilon(e.model, x, t),
+    "deeplift": lambda e, x, t: references.deeplift_secant(e.model, x, t, _zeros(e)),
+    "integrated_gradients": lambda e, x, t: references.integrated_gradients(e.model, x, t, **_ig_settings(e)),
+    **{prefix + kind: functools.partial(_smoothed, kind, base)
+       for kind in NOISE_REDUCTIONS for base, (prefix, *_) in NOISE_BASES.items()},
 }
 
 
@@ -101,7 +127,15 @@ def test_raw_matches_reference(exported, explained, model, method):
         errors.extend(per_image_errors(result[method].raw, want))
     errors = np.array(errors)
     assert errors.max() <= KINK_RTOL, f"per-image errors {errors}"
-    assert (errors <= RTOL).mean() >= EXACT_SHARE, f"per-image errors {errors}"
+    if _many_points(method):
+        assert errors.max() <= SAMPLED_RTOL, f"per-image errors {errors}"
+    else:
+        assert (errors <= RTOL).mean() >= EXACT_SHARE, f"per-image errors {errors}"
+
+
+def _many_points(method: str) -> bool:
+    sampler = METHODS[method].sampler
+    return sampler is not None and sampler.noise and sampler.path
 
 
 @pytest.mark.parametrize(("model", "method"), [(m, k) for m in PARITY_MODELS for k in PYTORCH_GRAD_CAM])

@@ -1,0 +1,196 @@
+"""Call-site rules for the relevance methods, traced into the shared forward pass.
+
+epsilon-LRP (Bach et al.) and DeepLIFT (Shrikumar et al.) change how relevance flows back through
+particular layers.  Both are written here as modified gradients, so they ride the same traced backward
+pass as the gradient family:
+
+- epsilon-LRP: R_in = x * J^T (R_out / (z + eps sign z)) at every linear layer (convolution, linear,
+  batch norm, pooling, the residual add), relevance passing ReLUs unchanged.  With R = a * g at every
+  activation a, that is the plain gradient scaled by z / (z + eps sign z) at each such layer's output z,
+  and the relevance at the input is image * g (captum's EpsilonRule; sign 0 counts as +1).
+- DeepLIFT, rescale rule: each ReLU passes the gradient times (relu(x) - relu(x')) / (x - x'), where x'
+  is the unit's input on the baseline (the plain gradient where |x - x'| < 1e-10); each max pool as
+  captum's maxpool rule.  Linear layers keep their gradient.
+
+The forward pass is instrumented per call site (module or functional, as the DESIGN asks), by a torch
+function mode, with identity-forward autograd functions whose backward applies the rule only while the
+method's own backward pass is traced (exporters.rules.current_rule); the other methods' backward passes
+through the same forward stay as they were.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from exporters.decompositions import COMPOSITES, aten
+from exporters.errors import UnsupportedOpError
+from exporters.rules import current_rule
+
+DEEPLIFT_EPS = 1e-10  # captum's: below this input change a unit keeps its plain gradient
+_RELUS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__,
+         torch.Tensor.__radd__}
+_LINEAR_LAYERS = {F.conv2d, F.linear, F.batch_norm, F.avg_pool2d, F.adaptive_avg_pool2d, F.max_pool2d}
+
+# The forward ATen ops (as an eager pass records them) each method has a rule for.  Anything else in the
+# model gets an UnsupportedOpError naming the op and its module, never a silently wrong map.
+_STRUCTURAL = {"view", "_unsafe_view", "reshape", "flatten", "t", "clone", "detach", "alias", "expand",
+               "permute", "transpose", "contiguous", "dropout", "empty", "cat"}
+LRP_OPS = _STRUCTURAL | {"convolution", "addmm", "mm", "native_batch_norm", "_native_batch_norm_legit_no_training",
+                         "max_pool2d_with_indices", "avg_pool2d", "_adaptive_avg_pool2d", "mean", "add", "add_",
+                         "relu", "relu_"}
+DEEPLIFT_OPS = LRP_OPS | {"sum", "sub"}
+RULED_OPS = {"lrp": LRP_OPS, "deeplift": DEEPLIFT_OPS}  # by the rule of the backward pass
+
+
+def check_ops(method: str, allowed: set[str], origins: dict[str, str]) -> None:
+    """Raise UnsupportedOpError when the model runs a forward op the method has no rule for."""
+    missing = sorted(op for op in origins if op not in allowed)
+    if missing:
+        found = "; ".join(f"aten.{op} (from module {origins[op]})" for op in missing)
+        raise UnsupportedOpError(f"{method} has no rule for {found}; it supports convolutions, linear layers, "
+                                 "batch norm, max/average pooling, residual adds and ReLU")
+
+
+def _sign(z: torch.Tensor) -> torch.Tensor:
+    return (z >= 0).to(z.dtype) * 2 - 1
+
+
+class _Stabilised(torch.autograd.Function):
+    """Identity forward; in the LRP backward pass, the gradient times z / (z + eps sign z)."""
+
+    @staticmethod
+    def forward(z, epsilon):
+        return z.view_as(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if current_rule() != "lrp":
+            return grad, None
+        z, epsilon = ctx.saved_tensors
+        return grad * z / (z + epsilon * _sign(z)), None
+
+
+class _RescaleReLU(torch.autograd.Function):
+    """relu(x); in the DeepLIFT backward pass, the rescale multiplier against the reference input x'."""
+
+    @staticmethod
+    def forward(x, reference):
+        return torch.relu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, reference = ctx.saved_tensors
+        if current_rule() != "deeplift":  # the ReLU rules of the other methods (exporters.rules)
+            return aten.threshold_backward(grad, x, 0), None
+        delta = x - reference
+        small = (delta.abs() < DEEPLIFT_EPS).to(x.dtype)
+        rescaled = (torch.relu(x) - torch.relu(reference)) / (delta + small)
+        return grad * (small * (x > 0).to(x.dtype) + (1 - small) * rescaled), None
+
+
+class _RescaleMaxPool(torch.autograd.Function):
+    """max_pool2d(x); in the DeepLIFT backward pass, captum's maxpool rule: each window's output change,
+    split at the larger of the two maxima, goes to the image's and the reference's argmax, and is divided
+    by the input change there (windows that share a maximum add up)."""
+
+    @staticmethod
+    def forward(x, reference, kernel, stride, padding, dilation, ceil_mode):
+        return aten.max_pool2d_with_indices(x, kernel, stride, padding, dilation, ceil_mode)[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.pool = inputs[2:]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, reference = ctx.saved_tensors
+        out, unpool = _pool(x, ctx.pool)
+        if current_rule() != "deeplift":
+            return (unpool(grad),) + (None,) * 6
+        out_ref, unpool_ref = _pool(reference.expand_as(x), ctx.pool)
+        top = torch.maximum(out, out_ref)
+        spread = unpool(grad * (top - out_ref)) + unpool_ref(grad * (out - top))
+        delta = x - reference
+        small = (delta.abs() < DEEPLIFT_EPS).to(x.dtype)
+        return (small * unpool(grad) + (1 - small) * spread / (delta + small),) + (None,) * 6
+
+
+def _pool(x: torch.Tensor, pool):
+    """max_pool2d(x) and the map that sends a gradient at its output back to each window's argmax."""
+    out, indices = aten.max_pool2d_with_indices(x, *pool)
+    return out, lambda g: aten.max_pool2d_with_indices_backward(g, x, *pool, indices)
+
+
+def _pool_args(args, kwargs):
+    """(input, kernel, stride, padding, dilation, ceil_mode) of an F.max_pool2d call."""
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    bound = {**dict(zip(names, args)), **kwargs}
+    if bound.get("return_indices"):
+        raise UnsupportedOpError("DeepLIFT cannot rule a max pool that returns its indices")
+    pair = lambda v: list(v) if isinstance(v, (list, tuple)) else [v, v]  # noqa: E731
+    kernel = pair(bound["kernel_size"])
+    stride = pair(bound.get("stride") or kernel)
+    return (bound["input"], kernel, stride, pair(bound.get("padding", 0)), pair(bound.get("dilation", 1)),
+            bool(bound.get("ceil_mode", False)))
+
+
+class CallSites(TorchFunctionMode):
+    """The forward pass's call-site instrumentation.
+
+    Always: routes the torch functions registered with register_composite to their replacements.
+    lrp_epsilon (a scalar tensor): stabilises the output of every linear layer and residual add.
+    record (a list): appends each ReLU's and max pool's input, in call order (the reference pass).
+    references (a list): the reference inputs recorded on the baseline, consumed in the same order by
+    the ReLUs and max pools of this pass, which get DeepLIFT's rescale rule.
+    """
+
+    def __init__(self, lrp_epsilon: torch.Tensor | None = None, record: list | None = None,
+                 references: list | None = None) -> None:
+        super().__init__()
+        self.epsilon, self.record = lrp_epsilon, record
+        self.references = None if references is None else iter(references)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELUS or func is F.max_pool2d:
+            out = self._nonlinear(func, args, kwargs)
+        else:
+            out = COMPOSITES.get(func, func)(*args, **kwargs)
+        if self.epsilon is not None and (func in _LINEAR_LAYERS or _is_residual_add(func, args)):
+            out = _Stabilised.apply(out, self.epsilon)
+        return out
+
+    def _nonlinear(self, func, args, kwargs):
+        x = args[0] if args else kwargs["input"]
+        if self.record is not None:
+            self.record.append(x.detach())
+            if func in _RELUS:  # not in place: that would overwrite the recorded input
+                return torch.relu(x)
+        if self.references is None:
+            return func(*args, **kwargs)
+        reference = next(self.references, None)
+        if reference is None or reference.shape[1:] != x.shape[1:]:
+            raise UnsupportedOpError("DeepLIFT could not pair a ReLU or max pool with its reference: the model "
+                                     "calls them in another order on the baseline than on the images")
+        if func is F.max_pool2d:
+            x, *pool = _pool_args(args, kwargs)
+            return _RescaleMaxPool.apply(x, reference, *pool)
+        return _RescaleReLU.apply(x, reference)
+
+
+def _is_residual_add(func, args) -> bool:
+    """A sum of two activations of the same shape (not a bias, a scalar or a broadcast)."""
+    return (func in _ADDS and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2])
+            and args[0].shape == args[1].shape)

@@ -1,0 +1,87 @@
+"""The extra inputs that path and noise methods run the model on, built inside the graph.
+
+Integrated gradients (Sundararajan et al.) evaluates the gradient at points on the straight line from a
+baseline to the image; SmoothGrad (Smilkov et al.) at noisy copies of the image.  Both are built here as
+torch ops, so the points are made and run as one batch inside the exported graph.  The conventions (the
+integration rules, the order of the samples) are captum's, so its IntegratedGradients and NoiseTunnel
+are the references.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+INTEGRATION_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+_MASK = 2**31 - 1
+_MIXERS = (0x2C1B3C6D, 0x297A2D39, 0x45D9F3B)  # odd multipliers below 2^30: products of 31-bit values fit in int64
+_INCREMENT = 0x3C6EF35F
+
+
+def integration_rule(method: str, steps: int) -> tuple[list[float], list[float]]:
+    """(alphas, weights): the points on [0, 1] and their weights, as captum's approximation_parameters."""
+    if method not in INTEGRATION_METHODS:
+        raise ValueError(f"unknown integration method {method!r}; expected one of {INTEGRATION_METHODS}")
+    if steps < (1 if method == "gausslegendre" else 2):
+        raise ValueError(f"{method} needs at least {1 if method == 'gausslegendre' else 2} steps, got {steps}")
+    if method == "gausslegendre":
+        x, w = np.polynomial.legendre.leggauss(steps)
+        return (0.5 * (x + 1)).tolist(), (0.5 * w).tolist()
+    weights = [1 / steps] * steps
+    if method == "riemann_trapezoid":
+        weights[0] /= 2
+        weights[-1] /= 2
+        return torch.linspace(0, 1, steps).tolist(), weights
+    start, stop = {"riemann_left": (0, 1 - 1 / steps), "riemann_middle": (1 / (2 * steps), 1 - 1 / (2 * steps)),
+                   "riemann_right": (1 / steps, 1)}[method]
+    return torch.linspace(start, stop, steps).tolist(), weights
+
+
+def noisy(images: torch.Tensor, noise_std: torch.Tensor, seed: torch.Tensor, samples: int) -> torch.Tensor:
+    """[N, S, C, H, W]: image + noise_std * n, with n standard normal drawn from `seed`.  Flattened, the
+    samples are image-major (row n * S + s), as captum's NoiseTunnel lays them out."""
+    return images[:, None] + noise_std * standard_normal(seed, (images.shape[0], samples, *images.shape[1:]))
+
+
+def on_path(inputs: torch.Tensor, baselines: torch.Tensor, alphas: list[float]) -> torch.Tensor:
+    """[N, S, m, C, H, W]: baseline + alpha_i (input - baseline) for each input [N, S, C, H, W]."""
+    return baselines[:, None, None] + _along(alphas, inputs, 6, 2) * (inputs - baselines[:, None])[:, :, None]
+
+
+def weighted_sum(grads: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """sum_i w_i grads[:, :, i] over the step axis of [N, S, m, C, H, W]."""
+    return (grads * _along(weights, grads, 6, 2)).sum(dim=2)
+
+
+def _along(values: list[float], like: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
+    """The values laid along `dim` of a rank-`rank` tensor, built from arange so that they survive export
+    as constants (see exporters.decompositions._pool_extents), which ONNX Runtime folds at load."""
+    steps = torch.arange(len(values), dtype=like.dtype)
+    column = sum(((steps == i).to(like.dtype) * v for i, v in enumerate(values)), torch.zeros_like(steps))
+    return column.reshape([len(values) if d == dim else 1 for d in range(rank)])
+
+
+def standard_normal(seed: torch.Tensor, shape) -> torch.Tensor:
+    """Standard normal float32 values of `shape`, a pure function of the int64 `seed` (Box-Muller on an
+    integer hash of each element's index).  ONNX Runtime's RandomNormal reseeds only per session, so a
+    server would draw new noise on every call; a hash of the seed makes every run reproducible, and runs
+    the same in torch and ONNX Runtime, so tests can hand the same noise to captum."""
+    count = math.prod(shape)
+    key = _hash(torch.bitwise_and(seed.to(torch.int64), _MASK))
+    index = torch.arange(count * 2, dtype=torch.int64).reshape(count, 2)
+    uniform = torch.bitwise_right_shift(_hash(torch.bitwise_xor(torch.bitwise_and(index, _MASK), key)), 7)
+    uniform = uniform.to(torch.float32)
+    uniform = (uniform + 0.5) / 2**24  # in (0, 1): 24 bits are exact in float32
+    u1, u2 = uniform.unbind(1)
+    return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).reshape(shape)
+
+
+def _hash(h: torch.Tensor) -> torch.Tensor:
+    """An integer mixer on values in [0, 2^31): xor-shift, multiply, add, modulo 2^31 (the addition keeps
+    0 from mapping to 0).  Shifts, not floor division: torch.onnx translates an int64 floor division
+    through float32, which rounds values above 2^24."""
+    for mixer in _MIXERS:
+        h = torch.bitwise_and(torch.bitwise_xor(h, torch.bitwise_right_shift(h, 16)) * mixer + _INCREMENT, _MASK)
+    return torch.bitwise_xor(h, torch.bitwise_right_shift(h, 16))

@@ -63,7 +63,9 @@ class _Stabilised(torch.autograd.Function):
 
     @staticmethod
     def forward(z, epsilon):
-        return z.view_as(z)
+        # A copy, not a view: the model may go on in place (`out += identity`), which must not reach the
+        # saved z.  ONNX Runtime drops the Identity node this leaves.
+        return z.clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -8,6 +8,10 @@ The machine is shared and its speed drifts, so the plain forward is timed again 
 before the methods: each round gives one ratio per method (median of `--repeats` runs over the median
 of the plain forward's runs in that round), and the figure printed is the median over `--rounds`.
 Run: python bench/overhead.py [--models resnet18 resnet50] [--batches 1 8] [--rounds 5] [--repeats 3]
+The relevance family (issue 5), measured for the README:
+  python bench/overhead.py --models resnet18 --batches 1 --rounds 3 --repeats 3 \
+      --methods saliency lrp_epsilon deeplift integrated_gradients smoothgrad \
+      --references saliency lrp deeplift integratedgradients noisetunnel
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import onnxruntime as ort
 import torch
 import torchvision
 
-from exporters import METHODS, export_explainer
+from exporters import GRADIENT_FAMILY, export_explainer
 from onnx_explain import Explainer
 
 LAYER = "layer4"
+IG_STEPS, NOISE_SAMPLES = 32, 16  # the export defaults, and captum's runs on the same work
 
 
 def median_time(fn, repeats: int) -> float:
@@ -61,7 +66,17 @@ def export_plain(model: torch.nn.Module, path: Path, size: int) -> None:
 
 
 def reference_runs(model: torch.nn.Module, x: torch.Tensor, targets: list[int]) -> dict:
-    from captum.attr import Deconvolution, GuidedBackprop, InputXGradient, LayerGradCam, Saliency
+    from captum.attr import (
+        LRP,
+        Deconvolution,
+        DeepLift,
+        GuidedBackprop,
+        InputXGradient,
+        IntegratedGradients,
+        LayerGradCam,
+        NoiseTunnel,
+        Saliency,
+    )
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -82,11 +97,31 @@ def reference_runs(model: torch.nn.Module, x: torch.Tensor, targets: list[int]) 
         "captum Deconvolution": lambda: Deconvolution(model).attribute(leaf(), target=t),
         "pytorch-grad-cam GradCAM": lambda: grad_cam(x, targets=cam_targets),
         "pytorch-grad-cam GradCAM++": lambda: grad_cam_pp(x, targets=cam_targets),
+        "captum LRP": lambda: LRP(model).attribute(leaf(), target=t),
+        "captum DeepLift": lambda: DeepLift(model).attribute(leaf(), target=t),
+        f"captum IntegratedGradients {IG_STEPS}": lambda: IntegratedGradients(model).attribute(
+            leaf(), target=t, n_steps=IG_STEPS),
+        f"captum NoiseTunnel(Saliency) {NOISE_SAMPLES}": lambda: NoiseTunnel(Saliency(model)).attribute(
+            leaf(), target=t, nt_samples=NOISE_SAMPLES, stdevs=0.15, abs=False),
     }
 
 
+def runnable(runs: dict) -> dict:
+    """The runs that work on this model; captum's LRP and DeepLift refuse some (in-place or reused ReLUs)."""
+    kept = {}
+    for label, fn in runs.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fn()
+            kept[label] = fn
+        except Exception as e:  # a reference that cannot run here is reported, not timed
+            print(f"  ({label} cannot run on this model: {str(e).strip().splitlines()[0][:100]})")
+    return kept
+
+
 def bench_model(name: str, methods: list[str], batches: list[int], size: int, rounds: int, repeats: int,
-                workdir: Path) -> None:
+                workdir: Path, references: list[str]) -> None:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     plain_path = workdir / f"{name}.plain.onnx"
@@ -97,24 +132,34 @@ def bench_model(name: str, methods: list[str], batches: list[int], size: int, ro
         path = workdir / f"{name}.{method}.onnx"
         print(f"exporting {name} {method} ...", flush=True)
         export_explainer(model, path, input_shape=(3, size, size), layers=[LAYER], methods=[method],
-                         validate_export=False)
+                         ig_steps=IG_STEPS, noise_samples=NOISE_SAMPLES, validate_export=False)
         explainers[method] = Explainer(path, providers="cpu")
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
         targets = [int(i) for i in plain.run(None, {"images": x})[0].argmax(1)]
         runs = {f"ours {method}": lambda ex=ex, method=method, x=x: ex.explain(x, methods=[method])
                 for method, ex in explainers.items()}
-        runs.update(reference_runs(model, torch.from_numpy(x), targets))
+        wanted = {k: v for k, v in reference_runs(model, torch.from_numpy(x), targets).items()
+                  if any(k.split()[1].lower().startswith(r) for r in references)}
+        runs.update(runnable(wanted))
         base, ratios = paired_ratios(lambda x=x: plain.run(None, {"images": x}), runs, rounds, repeats)
         print(f"\n{name}, batch {batch}, {size}x{size}, CPU: plain ORT forward {base * 1e3:.1f} ms (median)")
         for label, ratio in ratios.items():
-            print(f"  {label:<29} {ratio:6.2f}x")
+            print(f"  {label:<38} {ratio:7.2f}x")
+        if "ours integrated_gradients" in ratios and "ours saliency" in ratios:
+            per_step = ratios["ours integrated_gradients"] / (IG_STEPS * ratios["ours saliency"])
+            print(f"  integrated_gradients / ({IG_STEPS} x saliency)   {per_step:7.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
-    parser.add_argument("--methods", nargs="+", default=sorted(METHODS), help="default: every method")
+    parser.add_argument("--methods", nargs="+", default=sorted(GRADIENT_FAMILY),
+                        help="default: the gradient family; name others (lrp_epsilon deeplift ...) to add them")
+    parser.add_argument("--references", nargs="+", default=["layergradcam", "saliency", "inputxgradient",
+                                                             "guidedbackprop", "deconvolution", "gradcam"],
+                        help="the reference runs to time, by the start of their class name, lower case "
+                             "(lrp deeplift integratedgradients noisetunnel ...)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of alternating timings (default 5)")
@@ -123,7 +168,8 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            bench_model(name, args.methods, args.batches, args.size, args.rounds, args.repeats, Path(tmp))
+            bench_model(name, args.methods, args.batches, args.size, args.rounds, args.repeats, Path(tmp),
+                        args.references)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from exporters import rules  # noqa: F401  (registers the ReLU rule decomposition)
 from exporters.errors import ExportError, ExportValidationError, LayerNotFoundError, UnsupportedOpError
 from exporters.export import export_explainer
-from exporters.methods import METHODS
+from exporters.methods import GRADIENT_FAMILY, METHODS, RELEVANCE_FAMILY
 
-__all__ = ["METHODS", "ExportError", "ExportValidationError", "LayerNotFoundError", "UnsupportedOpError",
-           "export_explainer"]
+__all__ = ["GRADIENT_FAMILY", "METHODS", "RELEVANCE_FAMILY", "ExportError", "ExportValidationError",
+           "LayerNotFoundError", "UnsupportedOpError", "export_explainer"]

@@ -161,7 +161,8 @@ def _defaults(input_shape: tuple[int, ...], baseline, noise_std: float, lrp_epsi
     if base.ndim == 0:
         base = np.full(input_shape, base, np.float32)
     if base.shape not in (input_shape, (1, *input_shape)) or not np.isfinite(base).all():
-        raise ValueError(f"baseline must be a finite number or an array {list(input_shape)}, got shape {list(base.shape)}")
+        raise ValueError(f"baseline must be a finite number or an array {list(input_shape)}, "
+                         f"got shape {list(base.shape)}")
     if not noise_std >= 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
     if not lrp_epsilon >= 0:

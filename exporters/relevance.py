@@ -54,10 +54,6 @@ def check_ops(method: str, allowed: set[str], origins: dict[str, str]) -> None:
                                  "batch norm, max/average pooling, residual adds and ReLU")
 
 
-def _sign(z: torch.Tensor) -> torch.Tensor:
-    return (z >= 0).to(z.dtype) * 2 - 1
-
-
 class _Stabilised(torch.autograd.Function):
     """Identity forward; in the LRP backward pass, the gradient times z / (z + eps sign z)."""
 
@@ -76,7 +72,8 @@ class _Stabilised(torch.autograd.Function):
         if current_rule() != "lrp":
             return grad, None
         z, epsilon = ctx.saved_tensors
-        return grad * z / (z + epsilon * _sign(z)), None
+        magnitude = z.abs()  # z / (z + eps sign z) with sign 0 = +1 is |z| / (|z| + eps): fewer passes
+        return grad * (magnitude / (magnitude + epsilon)), None
 
 
 class _RescaleReLU(torch.autograd.Function):
@@ -138,7 +135,7 @@ def _pool(x: torch.Tensor, pool):
 def _pool_args(args, kwargs):
     """(input, kernel, stride, padding, dilation, ceil_mode) of an F.max_pool2d call."""
     names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-    bound = {**dict(zip(names, args)), **kwargs}
+    bound = {**dict(zip(names, args, strict=False)), **kwargs}
     if bound.get("return_indices"):
         raise UnsupportedOpError("DeepLIFT cannot rule a max pool that returns its indices")
     pair = lambda v: list(v) if isinstance(v, (list, tuple)) else [v, v]  # noqa: E731
@@ -171,6 +168,8 @@ class CallSites(TorchFunctionMode):
         else:
             out = COMPOSITES.get(func, func)(*args, **kwargs)
         if self.epsilon is not None and (func in _LINEAR_LAYERS or _is_residual_add(func, args)):
+            if not isinstance(out, torch.Tensor):
+                raise UnsupportedOpError("lrp_epsilon cannot rule a max pool that returns its indices")
             out = _Stabilised.apply(out, self.epsilon)
         return out
 

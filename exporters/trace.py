@@ -218,7 +218,7 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
 
 def _store(out: dict, stem: str, values: tuple[torch.Tensor, ...]) -> None:
     """A head's (raw, heatmap[, delta]) as the outputs <stem>.raw, <stem>.heatmap[, <stem>.delta]."""
-    for suffix, value in zip(("raw", "heatmap", "delta"), values):
+    for suffix, value in zip(("raw", "heatmap", "delta"), values, strict=False):
         out[f"{stem}.{suffix}"] = value
 
 

@@ -31,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "with torch.save(model)")
     exp.add_argument("output", type=Path, help="the .onnx file to write")
     exp.add_argument("--layers", nargs="*", default=None, help="module names for the CAM methods")
-    exp.add_argument("--methods", nargs="+", default=None, help="methods to export (default: all available)")
+    exp.add_argument("--methods", nargs="+", default=None,
+                     help="methods to export (default: the gradient family; add lrp_epsilon, deeplift, "
+                          "integrated_gradients, smoothgrad ... by name)")
     exp.add_argument("--input-shape", nargs=3, type=int, default=None, metavar=("C", "H", "W"),
                      help="one image's shape (default: 3 64 64 for shapenet, 3 224 224 otherwise)")
     exp.add_argument("--top-k", type=int, default=1, help="classes explained per image in one run (default 1)")
@@ -39,6 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="explain channels of this layer instead of classes (input methods only)")
     exp.add_argument("--feature-score", choices=["max", "sum"], default="max",
                      help="a channel's score: its strongest or its total activation (default max)")
+    exp.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps (default 32)")
+    exp.add_argument("--ig-method", default="gausslegendre",
+                     help="integration rule: gausslegendre (default), riemann_left, riemann_right, "
+                          "riemann_middle, riemann_trapezoid")
+    exp.add_argument("--noise-samples", type=int, default=16, help="SmoothGrad's noisy copies (default 16)")
+    exp.add_argument("--noise-std", type=float, default=0.15, help="SmoothGrad's default noise std (0.15)")
+    exp.add_argument("--baseline", type=float, default=0.0, help="deeplift/IG default baseline value (0)")
+    exp.add_argument("--lrp-epsilon", type=float, default=1e-9, help="lrp_epsilon's default epsilon (1e-9)")
 
     ex = sub.add_parser("explain", help="explain image files with an exported graph and write overlays")
     ex.add_argument("model", type=Path, help="an .onnx file written by `onnx-explain export`")
@@ -48,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("--target", type=int, default=-1, help="class to explain (default -1: the predicted class)")
     ex.add_argument("--counterfactual", action="store_true",
                     help="CAM-family maps of the regions that argue against the class")
+    ex.add_argument("--baseline", type=float, default=None,
+                    help="deeplift/IG baseline value, in the model's input units (default: the file's)")
+    ex.add_argument("--seed", type=int, default=None, help="SmoothGrad's noise seed (default 0)")
+    ex.add_argument("--noise-std", type=float, default=None, help="SmoothGrad's noise std (default: the file's)")
+    ex.add_argument("--lrp-epsilon", type=float, default=None, help="lrp_epsilon's epsilon (default: the file's)")
     ex.add_argument("--mean", nargs=3, type=float, default=None, help="per-channel mean to subtract")
     ex.add_argument("--std", nargs=3, type=float, default=None, help="per-channel std to divide by")
     ex.add_argument("--providers", nargs="+", default=None, help="execution providers, e.g. cuda cpu")
@@ -73,15 +88,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from exporters import METHODS, export_explainer
+    from exporters import GRADIENT_FAMILY, export_explainer
     from exporters.models import load_model
 
     model, default_shape, default_layers, class_names = load_model(args.model)
     layers = args.layers if args.layers is not None else default_layers
-    methods = args.methods or sorted(METHODS)
+    methods = args.methods or sorted(GRADIENT_FAMILY)
     info = export_explainer(model, args.output, input_shape=args.input_shape or default_shape, layers=layers,
                             methods=methods, class_names=class_names, top_k=args.top_k,
-                            feature_layer=args.feature_layer, feature_score=args.feature_score)
+                            feature_layer=args.feature_layer, feature_score=args.feature_score,
+                            ig_steps=args.ig_steps, ig_method=args.ig_method, noise_samples=args.noise_samples,
+                            noise_std=args.noise_std, baseline=args.baseline, lrp_epsilon=args.lrp_epsilon)
     print(f"wrote {args.output}: methods {list(info.methods)}, layers {list(info.layers)}, "
           f"input [N, {', '.join(map(str, info.input_shape))}]")
 
@@ -97,7 +114,8 @@ def _explain(args: argparse.Namespace) -> None:
         x = normalized(image, args.mean, args.std)
         targets = args.target if explainer.info.top_k == 1 else None  # a file with k targets explains its top k
         result = explainer.explain(x[None].astype(np.float32), methods=args.methods, targets=targets,
-                                   counterfactual=args.counterfactual or None)
+                                   counterfactual=args.counterfactual or None, baselines=args.baseline,
+                                   seed=args.seed, noise_std=args.noise_std, lrp_epsilon=args.lrp_epsilon)
         chosen = np.atleast_1d(result.targets[0])
         for (method, layer), m in result.maps.items():
             stem = f"{path.stem}.{method}" + (f"@{layer}" if layer else "")

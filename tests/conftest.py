@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporters import METHODS
+from exporters import METHODS, RELEVANCE_FAMILY
 
 SIZE = 64  # small inputs keep the suite fast; every tested architecture still downsamples to >= 2x2
 PARITY_MODELS = ["resnet18", "vgg11_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0",
@@ -21,14 +21,13 @@ NO_POOLED_LINEAR_HEAD = {"vgg11", "vgg11_bn", "mobilenet_v3_small", "convnext_ti
 # its residual adds as modules and its shared ReLUs split, tests/references.py), and every sampled method
 # multiplies the graph's batch, so a few models keep the suite fast.
 RELEVANCE_MODELS = {"shapenet", "vgg11_bn", "resnet18"}
-RELEVANCE_METHODS = {m for m, method in METHODS.items() if method.sampler or method.input_rule in ("lrp", "deeplift")}
 IG_STEPS, NOISE_SAMPLES = 8, 4  # export settings of the tests' files (the defaults are 32 and 16)
 
 
 def methods_for(model: str) -> list[str]:
     """Every registered method the model is tested with."""
     skip = ({"cam"} if model in NO_POOLED_LINEAR_HEAD else set()) | (
-        set() if model in RELEVANCE_MODELS else RELEVANCE_METHODS)
+        set() if model in RELEVANCE_MODELS else RELEVANCE_FAMILY)
     return sorted(set(METHODS) - skip)
 
 

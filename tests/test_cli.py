@@ -48,3 +48,19 @@ def test_top_k_file_writes_one_overlay_per_target(tmp_path, capsys):
     assert len(names) == 2 and all(".target" in n for n in names)
     assert main(["explain", str(model), str(image), "--out", str(out), "--target", "1"]) == 2
     assert "--target picks one class" in capsys.readouterr().err
+
+
+def test_relevance_methods_and_their_options(tmp_path, capsys):
+    model = tmp_path / "rel.onnx"
+    assert main(["export", "shapenet", str(model), "--methods", "deeplift", "integrated_gradients", "smoothgrad",
+                 "lrp_epsilon", "--ig-steps", "4", "--ig-method", "riemann_trapezoid", "--noise-samples", "2",
+                 "--baseline", "0.5"]) == 0
+    image = save_png(tmp_path / "img.png", to_rgb8(make_shapes(1, TEST_SEED).images[0]))
+    out = tmp_path / "maps"
+    assert main(["explain", str(model), str(image), "--out", str(out), "--baseline", "0.2", "--seed", "3",
+                 "--noise-std", "0.1", "--lrp-epsilon", "0.25"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {f"img.{m}.png" for m in ("deeplift", "integrated_gradients", "smoothgrad", "lrp_epsilon")} <= names
+    assert main(["export", "shapenet", str(tmp_path / "x.onnx"), "--methods", "integrated_gradients",
+                 "--ig-method", "simpson"]) == 2
+    assert "unknown integration method 'simpson'" in capsys.readouterr().err

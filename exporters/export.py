@@ -14,12 +14,13 @@ from torch import nn
 
 from exporters.errors import ExportError, UnsupportedOpError
 from exporters.layers import ALL_CONV, conv_layers, pooled_classifier, resolve_layers
-from exporters.methods import CLASSIFIER, METHODS
+from exporters.methods import CLASSIFIER, METHODS, RELEVANCE_FAMILY
 from exporters.sampling import integration_rule
 from exporters.trace import FEATURE_SCORES, FeatureTarget, Sampling, Traced, frozen, targets_shape, trace
 from exporters.translations import TRANSLATIONS, check_index_readers
 from exporters.validate import validate
 from onnx_explain import __version__
+from onnx_explain.inputs import check_baselines, check_scalar
 from onnx_explain.metadata import GraphInfo, MapOutputs, write_info
 
 
@@ -156,20 +157,11 @@ def _sampling_info(chosen, sampling: Sampling) -> dict:
 
 
 def _defaults(input_shape: tuple[int, ...], baseline, noise_std: float, lrp_epsilon: float) -> dict[str, torch.Tensor]:
-    """The values of the optional graph inputs when a caller leaves them out."""
-    base = np.asarray(baseline, dtype=np.float32)
-    if base.ndim == 0:
-        base = np.full(input_shape, base, np.float32)
-    if base.shape not in (input_shape, (1, *input_shape)) or not np.isfinite(base).all():
-        raise ValueError(f"baseline must be a finite number or an array {list(input_shape)}, "
-                         f"got shape {list(base.shape)}")
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-    if not lrp_epsilon >= 0:
-        raise ValueError(f"lrp_epsilon must be >= 0, got {lrp_epsilon}")
-    return {"baselines": torch.from_numpy(base.reshape(1, *input_shape).copy()),
-            "seed": torch.tensor(0, dtype=torch.int64), "noise_std": torch.tensor(float(noise_std)),
-            "lrp_epsilon": torch.tensor(float(lrp_epsilon))}
+    """The values of the optional graph inputs when a caller leaves them out, checked as explain checks them."""
+    return {"baselines": torch.from_numpy(check_baselines(baseline, 1, input_shape)),
+            "seed": torch.tensor(0, dtype=torch.int64),
+            "noise_std": torch.from_numpy(check_scalar("noise_std", noise_std, "f")),
+            "lrp_epsilon": torch.from_numpy(check_scalar("lrp_epsilon", lrp_epsilon, "f"))}
 
 
 def _check_methods(methods: Sequence[str]):
@@ -190,7 +182,7 @@ def _feature_target(model: nn.Module, chosen, layer: str | None, score: str,
     if layer_methods:
         raise ValueError(f"feature targets explain a channel in input space with input methods; {layer_methods} "
                          "explain a class at a layer (export them without feature_layer)")
-    scored = [m.name for m in chosen if m.sampler or m.input_rule in ("lrp", "deeplift")]
+    scored = [m.name for m in chosen if m.name in RELEVANCE_FAMILY]
     if scored:
         raise ValueError(f"feature targets work with saliency, guided_backprop, deconvnet and gradient_x_input; "
                          f"{scored} explain a class score (export them without feature_layer)")

@@ -282,6 +282,6 @@ _guided_cam_method("guided_gradcam++", gradcam_plus_plus)
 
 # The methods the relevance rules or sampling add (issue 5's family); the rest, the gradient family, is
 # the CLI's default export: it works on every architecture and costs one backward pass per rule.
-RELEVANCE_FAMILY = frozenset(m for m, method in METHODS.items() if method.sampler or method.delta
-                             or method.input_rule in ("lrp", "deeplift"))
+RELEVANCE_FAMILY = frozenset(m for m, method in METHODS.items()
+                             if method.sampler or method.input_rule in ("lrp", "deeplift"))
 GRADIENT_FAMILY = frozenset(METHODS) - RELEVANCE_FAMILY

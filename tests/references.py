@@ -316,6 +316,15 @@ def _unpool_add(values, indices, like):
     return flat.scatter_add(2, indices.flatten(2), values.flatten(2)).reshape(like.shape)
 
 
+def replaced(model: torch.nn.Module, kinds, make) -> torch.nn.Module:
+    """The model with every module of the given kinds replaced by make(module), in place."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, kinds):
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, make(m))
+    return model
+
+
 class _Secant(torch.nn.Module):
     def __init__(self, module):
         super().__init__()
@@ -335,11 +344,7 @@ def deeplift_secant(model, images: np.ndarray, targets: np.ndarray, baselines: n
     up to half on a conv-ReLU-maxpool net with a non-zero baseline (captum #1276, and its unpool assigns
     where overlapping windows share a maximum).  tests/test_relevance.py checks this reference against
     captum on models without max pools, where captum's rules hold."""
-    model = captum_ready(model)
-    for name, m in list(model.named_modules()):
-        if isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d)):
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, _Secant(m))
+    model = replaced(captum_ready(model), (torch.nn.ReLU, torch.nn.MaxPool2d), _Secant)
     x = torch.from_numpy(images).requires_grad_(True)
     ref = torch.from_numpy(baselines).expand_as(x)
     out = model(torch.cat([x, ref]))

@@ -67,11 +67,10 @@ def test_deeplift_reference_matches_captum_where_captum_holds(model):
     max pools are average pools, where captum's rules are right."""
     from conftest import make_model
 
-    net = make_model(model)
-    for name, m in list(net.named_modules()):
-        if isinstance(m, torch.nn.MaxPool2d):
-            parent, _, leaf = name.rpartition(".")
-            setattr(net.get_submodule(parent) if parent else net, leaf, torch.nn.AvgPool2d(m.kernel_size, m.stride))
+    def average(m: torch.nn.MaxPool2d) -> torch.nn.Module:
+        return torch.nn.AvgPool2d(m.kernel_size, m.stride)
+
+    net = references.replaced(make_model(model), torch.nn.MaxPool2d, average)
     x, t = images(2, seed=3)[:, :, :32, :32].copy(), np.array([1, 4])
     baseline = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32) * 0.3
     want = references.deeplift(net, x, t, baseline)

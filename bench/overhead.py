@@ -7,7 +7,7 @@ process; then the same ratio for captum and pytorch-grad-cam (eager torch) on th
 The machine is shared and its speed drifts, so the plain forward is timed again in every round, right
 before the methods: each round gives one ratio per method (median of `--repeats` runs over the median
 of the plain forward's runs in that round), and the figure printed is the median over `--rounds`.
-Run: python bench/overhead.py [--models resnet18 resnet50] [--batches 1 8] [--rounds 5] [--repeats 3]
+Run: python bench/overhead.py [--models resnet18 resnet50 vit_b_16] [--batches 1 8] [--rounds 5] [--repeats 3]
 The relevance family (issue 5), measured for the README:
   python bench/overhead.py --models resnet18 --batches 1 --rounds 3 --repeats 3 \
       --methods saliency lrp_epsilon deeplift integrated_gradients smoothgrad \
@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-import torchvision
 
 from exporters import GRADIENT_FAMILY, export_explainer
+from exporters.models import load_model, token_grid
 from onnx_explain import Explainer
 
-LAYER = "layer4"
 IG_STEPS, NOISE_SAMPLES = 32, 16  # the export defaults, and captum's runs on the same work
 
 
@@ -65,7 +64,8 @@ def export_plain(model: torch.nn.Module, path: Path, size: int) -> None:
                           input_names=["images"], dynamic_shapes={"x": {0: n}})
 
 
-def reference_runs(model: torch.nn.Module, x: torch.Tensor, targets: list[int]) -> dict:
+def reference_runs(model: torch.nn.Module, x: torch.Tensor, targets: list[int], layer_name: str,
+                   grid: tuple[int, int] | None) -> dict:
     from captum.attr import (
         LRP,
         Deconvolution,
@@ -80,17 +80,18 @@ def reference_runs(model: torch.nn.Module, x: torch.Tensor, targets: list[int]) 
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    layer = dict(model.named_modules())[LAYER]
+    layer = dict(model.named_modules())[layer_name]
     t = torch.tensor(targets)
-    grad_cam = GradCAM(model=model, target_layers=[layer])
-    grad_cam_pp = GradCAMPlusPlus(model=model, target_layers=[layer])
+    reshape = _token_reshape(grid) if grid else None
+    grad_cam = GradCAM(model=model, target_layers=[layer], reshape_transform=reshape)
+    grad_cam_pp = GradCAMPlusPlus(model=model, target_layers=[layer], reshape_transform=reshape)
     cam_targets = [ClassifierOutputTarget(i) for i in targets]
 
     def leaf():
         return x.clone().requires_grad_(True)
 
     return {
-        "captum LayerGradCam": lambda: LayerGradCam(model, layer).attribute(x, target=t),
+        **({} if grid else {"captum LayerGradCam": lambda: LayerGradCam(model, layer).attribute(x, target=t)}),
         "captum Saliency": lambda: Saliency(model).attribute(leaf(), target=t, abs=False),
         "captum InputXGradient": lambda: InputXGradient(model).attribute(leaf(), target=t),
         "captum GuidedBackprop": lambda: GuidedBackprop(model).attribute(leaf(), target=t),
@@ -104,6 +105,14 @@ def reference_runs(model: torch.nn.Module, x: torch.Tensor, targets: list[int]) 
         f"captum NoiseTunnel(Saliency) {NOISE_SAMPLES}": lambda: NoiseTunnel(Saliency(model)).attribute(
             leaf(), target=t, nt_samples=NOISE_SAMPLES, stdevs=0.15, abs=False),
     }
+
+
+def _token_reshape(grid: tuple[int, int]):
+    """pytorch-grad-cam's documented ViT reshape_transform: tokens after the class token as a grid."""
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 1:, :].reshape(tokens.size(0), *grid, tokens.size(2)).permute(0, 3, 1, 2)
+
+    return reshape
 
 
 def runnable(runs: dict) -> dict:
@@ -123,7 +132,9 @@ def runnable(runs: dict) -> dict:
 def bench_model(name: str, methods: list[str], batches: list[int], size: int, rounds: int, repeats: int,
                 workdir: Path, references: list[str]) -> None:
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None).eval()
+    model, _, layers, _ = load_model(name)  # torchvision, random weights; its usual CAM layer
+    model.eval()
+    layer, grid = layers[0], token_grid(model)
     plain_path = workdir / f"{name}.plain.onnx"
     export_plain(model, plain_path, size)
     plain = ort.InferenceSession(str(plain_path), providers=["CPUExecutionProvider"])
@@ -131,15 +142,15 @@ def bench_model(name: str, methods: list[str], batches: list[int], size: int, ro
     for method in methods:
         path = workdir / f"{name}.{method}.onnx"
         print(f"exporting {name} {method} ...", flush=True)
-        export_explainer(model, path, input_shape=(3, size, size), layers=[LAYER], methods=[method],
-                         ig_steps=IG_STEPS, noise_samples=NOISE_SAMPLES, validate_export=False)
+        export_explainer(model, path, input_shape=(3, size, size), layers=[layer], methods=[method],
+                         ig_steps=IG_STEPS, noise_samples=NOISE_SAMPLES, token_grid=grid, validate_export=False)
         explainers[method] = Explainer(path, providers="cpu")
     for batch in batches:
         x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
         targets = [int(i) for i in plain.run(None, {"images": x})[0].argmax(1)]
         runs = {f"ours {method}": lambda ex=ex, method=method, x=x: ex.explain(x, methods=[method])
                 for method, ex in explainers.items()}
-        wanted = {k: v for k, v in reference_runs(model, torch.from_numpy(x), targets).items()
+        wanted = {k: v for k, v in reference_runs(model, torch.from_numpy(x), targets, layer, grid).items()
                   if any(k.split()[1].lower().startswith(r) for r in references)}
         runs.update(runnable(wanted))
         base, ratios = paired_ratios(lambda x=x: plain.run(None, {"images": x}), runs, rounds, repeats)

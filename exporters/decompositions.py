@@ -79,7 +79,20 @@ def aten_convolution_backward(grad_output, input, weight, bias_sizes, stride, pa
         return grad_input, None, None
     pad = _output_padding(grad_output, input, kernel, stride, padding, dilation)
     grad_input = aten.convolution(grad_output, weight, None, stride, padding, dilation, True, pad, groups)
-    return grad_input, None, None
+    return _blocked(grad_input), None, None
+
+
+def _blocked(x: torch.Tensor) -> torch.Tensor:
+    """x through an identity depthwise 1x1 convolution: a layout hint for ONNX Runtime.
+
+    Its NCHWc layout starts only at a convolution's output and an elementwise op stays in it only when
+    all its inputs are in it.  The backward pass's residual stream sums the outputs of ConvTranspose
+    (no NCHWc kernel) and of convolutions, so without this hint the whole stream below a strided
+    convolution ran in plain NCHW, moving every branch's gradient and mask out of the blocked layout
+    and back.
+    """
+    c = x.shape[1]
+    return aten.convolution(x, torch.ones(c, 1, 1, 1, dtype=x.dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], c)
 
 
 def _flipped(weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -159,6 +172,12 @@ def aten__adaptive_avg_pool2d_backward(grad_output, self):
     gradient goes back through the per-axis averaging matrices: A_h^T @ grad @ A_w.
     """
     (h, w), (oh, ow) = self.shape[2:], grad_output.shape[2:]
+    if oh == 1 and ow == 1:
+        # Global pooling: a depthwise convolution of the [1, 1] gradient padded by the input size
+        # spreads it evenly, and starts ONNX Runtime's blocked layout (see _blocked).
+        c = self.shape[1]
+        spread = torch.full((c, 1, h, w), 1.0 / (h * w), dtype=grad_output.dtype)
+        return aten.convolution(grad_output, spread, None, [1, 1], [h - 1, w - 1], [1, 1], False, [0, 0], c)
     rows = _adaptive_matrix(h, oh, grad_output.dtype)  # [oh, h]
     cols = _adaptive_matrix(w, ow, grad_output.dtype)  # [ow, w]
     return rows.t() @ grad_output @ cols
@@ -182,6 +201,70 @@ def adaptive_avg_pool2d(input, output_size):
     """F.adaptive_avg_pool2d(input, output_size) through aten__adaptive_avg_pool2d."""
     size = [output_size] * 2 if isinstance(output_size, int) else output_size
     return aten__adaptive_avg_pool2d(input, [input.shape[-2 + i] if s is None else s for i, s in enumerate(size)])
+
+
+@register(aten._scaled_dot_product_flash_attention_for_cpu_backward.default)
+def aten__scaled_dot_product_flash_attention_for_cpu_backward(grad_out, query, key, value, out, logsumexp, dropout_p,
+                                                              is_causal, *, attn_mask=None, scale=None):
+    """_scaled_dot_product_flash_attention_for_cpu_backward(Tensor grad_out, Tensor query, Tensor key,
+    Tensor value, Tensor out, Tensor logsumexp, float dropout_p, bool is_causal, *, Tensor? attn_mask=None,
+    float? scale=None) -> (Tensor grad_query, Tensor grad_key, Tensor grad_value)
+
+    Attention's backward from its math form: the probabilities P = softmax(q k^T * scale + mask) are
+    recomputed, then dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K * scale, dK = dS^T Q * scale.
+    """
+    if dropout_p:
+        raise UnsupportedOpError("attention with dropout cannot be explained (export the model in eval mode)")
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = query @ key.transpose(-2, -1) * scale
+    if is_causal:
+        attn_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool).tril()
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    probs = torch.softmax(scores, dim=-1)
+    grad_scores = probs * (grad_out @ value.transpose(-2, -1) - (grad_out * out).sum(-1, keepdim=True))
+    return grad_scores @ key * scale, grad_scores.transpose(-2, -1) @ query * scale, probs.transpose(-2, -1) @ grad_out
+
+
+@register(aten.as_strided_scatter.default)
+def aten_as_strided_scatter(self, src, size, stride, storage_offset=None):
+    """as_strided_scatter(Tensor self, Tensor src, SymInt[] size, SymInt[] stride, SymInt? storage_offset=None)
+    -> Tensor
+
+    src written over the elements of self's storage that as_strided(size, stride, storage_offset) views:
+    a scatter at their flat indices, or src itself where the view covers the whole storage in order (the
+    backward of vit's packed attention projection).
+    """
+    if not self.is_contiguous():
+        raise UnsupportedOpError("aten.as_strided_scatter on a non-contiguous tensor has no ONNX form here")
+    offset = storage_offset or 0
+    if offset == 0 and self.numel() == src.numel() and list(stride) == _contiguous_strides(size):
+        return src.reshape(self.shape)
+    index = torch.zeros((), dtype=torch.int64) + offset
+    for n, step in zip(size, stride, strict=True):
+        index = index.unsqueeze(-1) + torch.arange(n) * step
+    flat = self.reshape(-1).index_put((index.reshape(-1),), src.reshape(-1))
+    return flat.reshape(self.shape)
+
+
+def _contiguous_strides(size) -> list:
+    strides, step = [], 1
+    for n in reversed(list(size)):
+        strides.insert(0, step)
+        step = step * n
+    return strides
+
+
+@register_composite(torch.nn.functional.linear)
+def linear(input, weight, bias=None):
+    """F.linear on tokens [N, T, F] as a matrix product of [N * T, F]: ATen's own linear, traced under
+    functorch's vjp, turned the symbolic batch into the trace's batch size (a guard) on vit's MLP."""
+    if input.dim() <= 2:
+        return torch.nn.functional.linear(input, weight, bias)
+    flat = torch.nn.functional.linear(input.flatten(0, -2), weight, bias)
+    return flat.unflatten(0, input.shape[:-1])
 
 
 def _adaptive_matrix(size: int, out: int, dtype: torch.dtype) -> torch.Tensor:

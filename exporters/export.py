@@ -48,7 +48,7 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
                      top_k: int = 1, feature_layer: str | None = None, feature_score: str = "max",
                      ig_steps: int = 32, ig_method: str = "gausslegendre", noise_samples: int = 16,
                      noise_std: float = 0.15, baseline: np.ndarray | float = 0.0, lrp_epsilon: float = 1e-9,
-                     validate_export: bool = True) -> GraphInfo:
+                     token_grid: Sequence[int] | None = None, validate_export: bool = True) -> GraphInfo:
     """Write one ONNX file that computes the logits and every requested method's map in a single run.
 
     Inputs of the file: `images` float32 [N, C, H, W] (N dynamic); `targets` int64 [N] (or [N, k] with
@@ -82,6 +82,8 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         noise_std: the default standard deviation of SmoothGrad's Gaussian noise, in input units.
         baseline: the default baseline of deeplift and integrated gradients: a number or an array [C, H, W].
         lrp_epsilon: the default stabiliser of lrp_epsilon (captum's EpsilonRule default is 1e-9).
+        token_grid: (h, w) for layers that output tokens [N, T, C] (vision transformers): their last h * w
+            tokens, row by row, form the feature map [N, C, h, w]; leading ones (the class token) are dropped.
         validate_export: compare ONNX Runtime (default optimisation level) with torch after export.
 
     Returns:
@@ -108,14 +110,15 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         raise ValueError(f"methods {[m.name for m in chosen if m.at == 'layer']} need layers=[...]: "
                          "name the module(s) whose activations they explain")
     with frozen(model):
-        tapped = resolve_layers(model, layer_names, input_shape) if any(m.at == "layer" for m in chosen) else {}
+        tapped = (resolve_layers(model, layer_names, input_shape, token_grid)
+                  if any(m.at == "layer" for m in chosen) else {})
         num_classes = _num_classes(model, input_shape)
-        feature = _feature_target(model, chosen, feature_layer, feature_score, input_shape)
+        feature = _feature_target(model, chosen, feature_layer, feature_score, input_shape, token_grid)
         choices = feature.info.shape[0] if feature else num_classes
         if not 1 <= top_k <= choices:
             raise ValueError(f"top_k must be between 1 and the number of {'channels' if feature else 'classes'} "
                              f"({choices}), got {top_k}")
-        classifier = (pooled_classifier(model, list(tapped), input_shape)
+        classifier = (pooled_classifier(model, tapped, input_shape)
                       if any(m.layer_rule == CLASSIFIER for m in chosen) else None)
         sampling = _sampling(ig_steps, ig_method, noise_samples)
         defaults = _defaults(input_shape, baseline, noise_std, lrp_epsilon)
@@ -172,8 +175,8 @@ def _check_methods(methods: Sequence[str]):
     return [METHODS[m] for m in dict.fromkeys(names)]
 
 
-def _feature_target(model: nn.Module, chosen, layer: str | None, score: str,
-                    input_shape: tuple[int, ...]) -> FeatureTarget | None:
+def _feature_target(model: nn.Module, chosen, layer: str | None, score: str, input_shape: tuple[int, ...],
+                    token_grid: Sequence[int] | None) -> FeatureTarget | None:
     if layer is None:
         return None
     if score not in FEATURE_SCORES:
@@ -186,7 +189,7 @@ def _feature_target(model: nn.Module, chosen, layer: str | None, score: str,
     if scored:
         raise ValueError(f"feature targets work with saliency, guided_backprop, deconvnet and gradient_x_input; "
                          f"{scored} explain a class score (export them without feature_layer)")
-    return FeatureTarget(layer, resolve_layers(model, [layer], input_shape)[layer], score)
+    return FeatureTarget(layer, resolve_layers(model, [layer], input_shape, token_grid)[layer], score)
 
 
 def _num_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:

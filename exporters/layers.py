@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,14 +17,32 @@ ALL_CONV = "all-conv"  # layers=ALL_CONV taps the output of every convolution
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A tapped layer: its module type and its output shape without the batch dimension."""
+    """A tapped layer: its module type and its feature map's shape without the batch dimension.  A token
+    layer (vision transformers) outputs [N, tokens, C]; its map is the grid of its last h * w tokens."""
 
     kind: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # [C, h, w] of the feature map (a token layer's grid)
+    tokens: int = 0  # a token layer's number of tokens, 0 for a layer that outputs a feature map
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The module's own output shape without the batch dimension."""
+        return (self.tokens, self.shape[0]) if self.tokens else self.shape
+
+    def as_map(self, output: torch.Tensor) -> torch.Tensor:
+        """The module's output (or a gradient of its shape) as a feature map [N, C, h, w]: a token layer's
+        leading tokens (the class token) dropped and the rest laid out row by row, as pytorch-grad-cam's
+        reshape_transform does."""
+        if not self.tokens:
+            return output
+        _, h, w = self.shape
+        return output[:, self.tokens - h * w:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
 
 
-def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence[int]) -> dict[str, LayerInfo]:
-    """Check that each name is a module that runs once per forward pass and returns one feature map."""
+def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence[int],
+                   token_grid: Sequence[int] | None = None) -> dict[str, LayerInfo]:
+    """Check that each name is a module that runs once per forward pass and returns one feature map, or
+    tokens [N, T, C] that `token_grid` (h, w) lays out as one."""
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules or name == "":
@@ -41,12 +60,30 @@ def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence
                 f"layer {name!r} ({kind}) runs {len(outs)} times per forward pass; a layer to explain must run "
                 "exactly once (a shared module such as a reused ReLU cannot be tapped: pick its parent block)")
         out = outs[0]
+        if isinstance(out, torch.Tensor) and out.dim() == 3:
+            layers[name] = _token_layer(name, kind, tuple(out.shape[1:]), token_grid)
+            continue
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise LayerNotFoundError(
-                f"layer {name!r} ({kind}) outputs {got}; CAM methods need a [N, C, h, w] feature map")
+                f"layer {name!r} ({kind}) outputs {got}; CAM methods need a [N, C, h, w] feature map "
+                "(or tokens [N, T, C] with token_grid)")
         layers[name] = LayerInfo(kind, tuple(out.shape[1:]))
     return layers
+
+
+def _token_layer(name: str, kind: str, shape: tuple[int, int], token_grid: Sequence[int] | None) -> LayerInfo:
+    tokens, channels = shape
+    if token_grid is None:
+        side = math.isqrt(tokens - 1) if tokens > 1 else 0
+        hint = f" (token_grid=({side}, {side}) after one class token)" if side * side == tokens - 1 else ""
+        raise LayerNotFoundError(
+            f"layer {name!r} ({kind}) outputs tokens [N, {tokens}, {channels}]; give token_grid=(h, w), the grid "
+            f"its last h * w tokens form{hint}")
+    h, w = (int(v) for v in token_grid)
+    if h < 1 or w < 1 or h * w > tokens:
+        raise ValueError(f"token_grid {h} x {w} needs {h * w} tokens; layer {name!r} outputs {tokens}")
+    return LayerInfo(kind, (channels, h, w), tokens)
 
 
 def conv_layers(model: nn.Module) -> list[str]:
@@ -57,7 +94,7 @@ def conv_layers(model: nn.Module) -> list[str]:
     return names
 
 
-def pooled_classifier(model: nn.Module, layers: Sequence[str], input_shape: Sequence[int]) -> str:
+def pooled_classifier(model: nn.Module, layers: dict[str, LayerInfo], input_shape: Sequence[int]) -> str:
     """The weight of the linear layer that maps the global average of each layer's output to the logits,
     which is the head CAM (Zhou et al.) needs; checked on random images, not guessed from module types.
 
@@ -70,9 +107,10 @@ def pooled_classifier(model: nn.Module, layers: Sequence[str], input_shape: Sequ
                          f"{type(model).__name__} has no nn.Linear (use gradcam, which needs no such head)")
     name, fc = linears[-1]
     images = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
-    logits, outputs = _layer_outputs(model, layers, images)
-    for layer in layers:
-        act = outputs[layer][0]  # as the model left it: torchvision densenet rectifies its features in place
+    logits, outputs = _layer_outputs(model, list(layers), images)
+    for layer, info in layers.items():
+        # as the model left it: torchvision densenet rectifies its features in place
+        act = info.as_map(outputs[layer][0])
         pooled = act.mean(dim=(2, 3)) if act.dim() == 4 and act.shape[1] == fc.in_features else None
         if pooled is None or not torch.allclose(nn.functional.linear(pooled, fc.weight, fc.bias), logits,
                                                 rtol=1e-4, atol=1e-4 * float(logits.abs().max())):

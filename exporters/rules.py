@@ -17,6 +17,7 @@ import torch
 
 from exporters.decompositions import aten, register
 from exporters.errors import UnsupportedOpError
+from exporters.translations import active
 
 # lrp and deeplift keep autograd's ReLU gradient here: their rules live at call sites (exporters.relevance),
 # which read current_rule() too.
@@ -58,4 +59,6 @@ def aten_threshold_backward(grad_output, self, threshold):
     if rule == "guided":
         grad_output = torch.relu(grad_output)
     # A multiply by the mask, not where(): ONNX Runtime's Where was 7x slower on large maps.
+    if threshold == 0:  # self is a ReLU's output, so >= 0: the mask ONNX Runtime keeps in its fast layout
+        return grad_output * active(self)
     return grad_output * (self > threshold).to(grad_output.dtype)

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch._dynamo.source import ConstantSource
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from exporters.decompositions import aten, decomposition_table
@@ -51,8 +54,9 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def _taps(model: nn.Module, deltas: dict[str, torch.Tensor], acts: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Adds deltas[name] (zeros) to each tapped layer's output and records the result.
+def _taps(model: nn.Module, deltas: dict[str, torch.Tensor], acts: dict[str, torch.Tensor],
+          infos: dict[str, LayerInfo]) -> Iterator[None]:
+    """Adds deltas[name] (zeros) to each tapped layer's output and records the result as a feature map.
 
     The gradient with respect to a zero delta is the gradient at the layer's output, and the backward
     pass of a vjp taken only with respect to the deltas stops at the layers.
@@ -62,7 +66,7 @@ def _taps(model: nn.Module, deltas: dict[str, torch.Tensor], acts: dict[str, tor
     def hook(name: str):
         def add(_module, _inputs, output):
             tapped = aten.add.Tensor(output, deltas[name])  # an ATen call: not a residual add for LRP
-            acts[name] = tapped
+            acts[name] = infos[name].as_map(tapped)
             return tapped
 
         return add
@@ -140,7 +144,7 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
     def f(params, images, targets, counterfactual, *extras):
         extra = dict(zip(extra_names, extras, strict=True))
         n = images.shape[0]
-        deltas = {name: images.new_zeros((n, *info.shape)) for name, info in taps.items()}
+        deltas = {name: images.new_zeros((n, *info.output_shape)) for name, info in taps.items()}
         references: list[torch.Tensor] = []
         if "baselines" in extra:  # the baseline's logits, and each ReLU's and max pool's input on it
             with CallSites(record=references):
@@ -149,7 +153,7 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
 
         def forward(x, d):
             acts: dict[str, torch.Tensor] = {}
-            with _taps(model, d, acts), CallSites(**sites):
+            with _taps(model, d, acts, taps), CallSites(**sites):
                 logits = torch.func.functional_call(model, params, (x,))
             return logits, acts
 
@@ -182,7 +186,7 @@ def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str
                     grads = vjp_fn(cotangent)
                 # grads: (d images, d deltas), (d images,) for feature targets, (d deltas,) for layers only
                 input_grads[rule] = grads[0] if input_rules else None
-                layer_grads[rule] = grads[-1] if layers else {}
+                layer_grads[rule] = {name: layers[name].as_map(g) for name, g in grads[-1].items()} if layers else {}
             samples = {(sampler, rule): attribute(cotangent, rule)
                        for sampler, attribute in sampled.items() for rule in samplers[sampler]}
             if classifier:
@@ -267,7 +271,8 @@ def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method
           layers: dict[str, LayerInfo], classifier: str | None = None, top_k: int = 1,
           feature: FeatureTarget | None = None, sampling: Sampling = Sampling(),
           defaults: dict[str, torch.Tensor] | None = None) -> Traced:
-    """Trace the joint function with a symbolic batch dimension; parameters become graph inputs.
+    """Trace the joint function with a symbolic batch dimension (the only symbolic size); parameters
+    become graph inputs.
     `defaults` holds the value of each optional input the methods read (extra_inputs)."""
     params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     f = joint_function(model, methods, layers, classifier, top_k, feature, sampling)
@@ -286,7 +291,13 @@ def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method
         names = list(eager)
         _check_forward(model, images, eager["logits"])
         gm = make_fx(_as_tuple(f), decomposition_table=decomposition_table(), tracing_mode="symbolic",
-                     record_module_stack=True)(*args)
+                     record_module_stack=True)(*_batch_symbolic(args))
+        if any(_mutates(node) for node in gm.graph.nodes):
+            # autograd's backward of some views (vit's packed attention projection) copies into an as_strided
+            # view in place; traced again functionalised, that is an as_strided_scatter the table decomposes.
+            # (Not in the first trace: functionalize cannot run the rules' autograd.Functions.)
+            gm = make_fx(torch.func.functionalize(gm, remove="mutations"), decomposition_table=decomposition_table(),
+                         tracing_mode="symbolic")(*_batch_symbolic(args))
     except (RuntimeError, NotImplementedError) as e:
         raise UnsupportedOpError(_explain_trace_error(e, origins)) from e
     gm.graph.eliminate_dead_code()
@@ -304,10 +315,34 @@ def _check_forward(model: nn.Module, images: torch.Tensor, logits: torch.Tensor)
                                  "whose result the model drops?); export the methods without relevance rules")
 
 
+def _mutates(node: torch.fx.Node) -> bool:
+    return isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+
+
+def _batch_symbolic(args: tuple) -> tuple:
+    """Fake copies of the trace's arguments whose batch dimension (the first of images and targets) is
+    the one symbolic size.  Every other size stays static, as the exported graph has them: with all of
+    them symbolic, token models reshaped by a product of sizes that then got baked in (vit), and
+    densenet's concatenations spent minutes in symbolic shape reasoning."""
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    params, images, targets, *rest = args
+
+    def fake(x, name: str, batch: bool = False):
+        if not isinstance(x, torch.Tensor):
+            return x
+        sizes = [DimDynamic.DYNAMIC if batch and i == 0 else DimDynamic.STATIC for i in range(x.dim())]
+        return mode.from_tensor(x, source=ConstantSource(name),
+                                symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
+
+    return ({k: fake(v, f"param:{k}") for k, v in params.items()}, fake(images, "images", batch=True),
+            fake(targets, "targets", batch=True), *(fake(x, f"extra{i}") for i, x in enumerate(rest)))
+
+
 def _trace_batch(params: dict[str, torch.Tensor], input_shape: Sequence[int], top_k: int) -> int:
-    """A batch size of 2 or more that no other input size equals: the symbolic tracer gives equal sizes
-    one symbol, which would tie the batch to a channel count, top_k or a parameter's size (a binary
-    classifier's weight [2, F]) and bake it into the graph (a batch of 1 would specialise too)."""
+    """A batch size of 2 or more that no other input size equals: a shape check that compares the
+    symbolic batch with an equal static size (broadcasting against a channel count, top_k or a
+    parameter's size, such as a binary classifier's weight [2, F]) would specialise the batch to that
+    size and bake it into the graph (a batch of 1 would specialise too)."""
     taken = {top_k, *input_shape, *(d for p in params.values() for d in p.shape)}
     return next(b for b in range(2, 10_000) if b not in taken)
 

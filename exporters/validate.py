@@ -72,7 +72,7 @@ def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
              **{name: value.numpy() for name, value in extras.items()}}
     got = explainer.session.run(traced.output_names, {k: v for k, v in feeds.items() if k in explainer.inputs})
     problems = []
-    scale = np.abs(expected[traced.output_names.index("logits")]).max()
+    scale = max(float(np.abs(expected[traced.output_names.index("logits")]).max()), 1e-12)  # zero-init heads
     for name, want, have in zip(traced.output_names, expected, got, strict=True):
         if name in ("logits", "explained_targets"):
             error = per_image_errors(have, want).max() if have.shape == want.shape else np.inf

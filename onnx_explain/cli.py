@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("--noise-std", type=float, default=0.15, help="SmoothGrad's default noise std (0.15)")
     exp.add_argument("--baseline", type=float, default=0.0, help="deeplift/IG default baseline value (0)")
     exp.add_argument("--lrp-epsilon", type=float, default=1e-9, help="lrp_epsilon's default epsilon (1e-9)")
+    exp.add_argument("--token-grid", nargs=2, type=int, default=None, metavar=("H", "W"),
+                     help="grid of a token layer's last H*W tokens (vision transformers; torchvision vit: its "
+                          "patch grid by default)")
 
     ex = sub.add_parser("explain", help="explain image files with an exported graph and write overlays")
     ex.add_argument("model", type=Path, help="an .onnx file written by `onnx-explain export`")
@@ -89,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _export(args: argparse.Namespace) -> None:
     from exporters import GRADIENT_FAMILY, export_explainer
-    from exporters.models import load_model
+    from exporters.models import load_model, token_grid
 
     model, default_shape, default_layers, class_names = load_model(args.model)
     layers = args.layers if args.layers is not None else default_layers
@@ -98,7 +101,8 @@ def _export(args: argparse.Namespace) -> None:
                             methods=methods, class_names=class_names, top_k=args.top_k,
                             feature_layer=args.feature_layer, feature_score=args.feature_score,
                             ig_steps=args.ig_steps, ig_method=args.ig_method, noise_samples=args.noise_samples,
-                            noise_std=args.noise_std, baseline=args.baseline, lrp_epsilon=args.lrp_epsilon)
+                            noise_std=args.noise_std, baseline=args.baseline, lrp_epsilon=args.lrp_epsilon,
+                            token_grid=args.token_grid or token_grid(model))
     print(f"wrote {args.output}: methods {list(info.methods)}, layers {list(info.layers)}, "
           f"input [N, {', '.join(map(str, info.input_shape))}]")
 

@@ -107,14 +107,26 @@ def layer_output(model, layer: str, images: np.ndarray) -> torch.Tensor:
     return store["act"].clone()
 
 
-def layer_activation_and_gradient(model, layer: str, images: np.ndarray, targets: np.ndarray):
-    """(A, dy/dA) at the layer as numpy arrays, captured with hooks as pytorch-grad-cam does."""
+def layer_activation_and_gradient(model, layer: str, images: np.ndarray, targets: np.ndarray, reshape=None):
+    """(A, dy/dA) at the layer as numpy arrays, captured with hooks as pytorch-grad-cam does (and passed
+    through its reshape_transform, if given)."""
     store: dict = {}
     x = torch.from_numpy(images)
     with _capture(dict(model.named_modules())[layer], store), torch.enable_grad():
         logits = model(x)
         logits.gather(1, torch.from_numpy(targets)[:, None]).sum().backward()
-    return store["act"].detach().numpy(), store["grad"].numpy()
+    reshape = reshape or (lambda t: t)
+    return reshape(store["act"].detach()).numpy(), reshape(store["grad"]).numpy()
+
+
+def vit_reshape(height: int, width: int):
+    """pytorch-grad-cam's reshape_transform for vision transformers (its documented example): the class
+    token dropped, the rest laid out as a [N, C, height, width] grid."""
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        grid = tokens[:, 1:, :].reshape(tokens.size(0), height, width, tokens.size(2))
+        return grid.transpose(2, 3).transpose(1, 2)
+
+    return reshape
 
 
 def grad_cam_class(method: str):
@@ -124,22 +136,25 @@ def grad_cam_class(method: str):
             "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM}[method]
 
 
-def cam_family_raw(method: str, model, layer: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def cam_family_raw(method: str, model, layer: str, images: np.ndarray, targets: np.ndarray,
+                   reshape=None) -> np.ndarray:
     """ReLU of pytorch-grad-cam's own map (its get_cam_image, weights included) on hook-captured A and G."""
-    act, grad = layer_activation_and_gradient(model, layer, images, targets)
+    act, grad = layer_activation_and_gradient(model, layer, images, targets, reshape)
     module = dict(model.named_modules())[layer]
-    cam = grad_cam_class(method)(model=model, target_layers=[module])
+    cam = grad_cam_class(method)(model=model, target_layers=[module], reshape_transform=reshape)
     try:
         return np.maximum(cam.get_cam_image(torch.from_numpy(images), module, None, act, grad, False), 0)
     finally:
         cam.activations_and_grads.release()
 
 
-def cam_family_heatmap(method: str, model, layer: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def cam_family_heatmap(method: str, model, layer: str, images: np.ndarray, targets: np.ndarray,
+                       reshape=None) -> np.ndarray:
     """The heatmap pytorch-grad-cam returns: rectified, scaled, resized with cv2, scaled."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    with grad_cam_class(method)(model=model, target_layers=[dict(model.named_modules())[layer]]) as cam:
+    module = dict(model.named_modules())[layer]
+    with grad_cam_class(method)(model=model, target_layers=[module], reshape_transform=reshape) as cam:
         return cam(torch.from_numpy(images), targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
 

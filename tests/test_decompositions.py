@@ -33,6 +33,12 @@ def _adaptive_case(h, w, oh, ow):
     return (torch.randn(2, 3, oh, ow), x), None
 
 
+def _attention_case(heads, length, source, dim, is_causal=False, mask=None, scale=None):
+    q, k, v = torch.randn(2, heads, length, dim), torch.randn(2, heads, source, dim), torch.randn(2, heads, source, dim)
+    out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal, attn_mask=mask, scale=scale)
+    return (torch.randn_like(out), q, k, v, out, lse, 0.0, is_causal), None, dict(attn_mask=mask, scale=scale)
+
+
 CASES = {
     aten.convolution_backward.default: {
         "3x3 same": _conv_case(2, 4, 9, 9, 6, 3, 1, 1, 1, 1),
@@ -64,8 +70,21 @@ CASES = {
     },
     aten._adaptive_avg_pool2d_backward.default: {
         "to 1x1": _adaptive_case(7, 7, 1, 1),
+        "to 1x1 from a non-square map": _adaptive_case(10, 9, 1, 1),
         "uneven windows": _adaptive_case(10, 9, 4, 3),
         "upsampling (vgg at small inputs)": _adaptive_case(2, 2, 7, 7),
+    },
+    aten._scaled_dot_product_flash_attention_for_cpu_backward.default: {
+        "self-attention (vit)": _attention_case(2, 5, 5, 4),
+        "cross-attention, scale": _attention_case(3, 4, 6, 8, scale=0.3),
+        "causal": _attention_case(2, 5, 5, 4, is_causal=True),
+        "additive mask": _attention_case(2, 4, 6, 4, mask=torch.randn(4, 6)),
+    },
+    aten.as_strided_scatter.default: {
+        "the whole storage (vit's attention projection)": ((torch.zeros(24), torch.randn(2, 3, 4), [2, 3, 4],
+                                                            [12, 4, 1], 0), None),
+        "strided, with an offset": ((torch.randn(4, 6), torch.randn(2, 3), [2, 3], [6, 2], 7), None),
+        "transposed view": ((torch.randn(3, 4), torch.randn(4, 3), [4, 3], [1, 4]), None),
     },
     aten.empty_permuted.default: {
         "channels last": (([2, 3, 4, 5], [0, 2, 3, 1]), lambda out: torch.tensor(out.shape)),  # values are unset
@@ -83,8 +102,9 @@ def test_every_decomposition_is_tested():
 @pytest.mark.parametrize(("op", "case"), [(op, case) for op, cases in CASES.items() for case in cases],
                          ids=lambda v: str(v))
 def test_decomposition_matches_torch(op, case):
-    args, pick = CASES[op][case]
-    want, got = op(*args), REGISTRY[op](*args)
+    args, pick, *kwargs = CASES[op][case]
+    kwargs = kwargs[0] if kwargs else {}
+    want, got = op(*args, **kwargs), REGISTRY[op](*args, **kwargs)
     if pick:
         want, got = pick(want), pick(got)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -57,6 +57,25 @@ def test_max_pool_pair_matches_torch(case, tmp_path):
         np.testing.assert_allclose(g, t.numpy(), rtol=1e-6, atol=1e-6)
 
 
+class _Active(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.onnx_explain.active(x)
+
+
+def test_relu_mask_is_exact_in_onnx_runtime(tmp_path):
+    tiny = float(np.finfo(np.float32).smallest_subnormal)
+    x = torch.tensor([0.0, tiny, 3 * tiny, 1e-40, 2.0 ** -126, 1e-30, 1e-3, 1.0, 3e38, float("inf")])
+    x = x.repeat(16, 1).reshape(2, 4, 2, 10)  # the layout of an activation, as the graph has it
+    path = tmp_path / "active.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Active(), (x,), str(path), dynamo=True, optimize=False, verbose=False,
+                          input_names=["x"], custom_translation_table=TRANSLATIONS)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    np.testing.assert_array_equal(got, (x > 0).float().numpy())
+    np.testing.assert_array_equal(_Active()(x).numpy(), got)
+
+
 def test_index_readers_other_than_the_backward_are_refused():
     def unpool(x):
         values, indices = torch.nn.functional.max_pool2d(x, 2, return_indices=True)

@@ -7,7 +7,7 @@ process; then the same ratio for captum and pytorch-grad-cam (eager torch) on th
 The machine is shared and its speed drifts, so the plain forward is timed again in every round, right
 before the methods: each round gives one ratio per method (median of `--repeats` runs over the median
 of the plain forward's runs in that round), and the figure printed is the median over `--rounds`.
-Run: python bench/overhead.py [--models resnet18 resnet50 vit_b_16] [--batches 1 8] [--rounds 5] [--repeats 3]
+Run: python bench/overhead.py [--models resnet18 resnet50] [--batches 1 8] [--rounds 5] [--repeats 3]
 The relevance family (issue 5), measured for the README:
   python bench/overhead.py --models resnet18 --batches 1 --rounds 3 --repeats 3 \
       --methods saliency lrp_epsilon deeplift integrated_gradients smoothgrad \

@@ -6,8 +6,11 @@ torch, and a pre-activation within rounding of zero can land on the other side o
 max-pool tie can go the other way); the backward pass through that unit then changes.  Measured on
 random-weight torchvision nets at 64x64: 1 image in 16 moves on vgg11_bn and resnet18, 4 in 10 on
 densenet121 (BN then ReLU in every layer), by up to 2e-2 of the map's largest magnitude; every other
-image matches to 1e-6.  So the check is per image: every image within KINK_RTOL, and a share of the
-images within RTOL, which a wrong translation (every image off) cannot pass.
+image matches to 1e-6.  So the check is per image: every image but one within KINK_RTOL, and a share
+of the images within RTOL, which a wrong translation (every image off) cannot pass.  The one image
+may be ill-conditioned: xgradcam divides by each channel's sum over the map, which after a LayerNorm
+can come near zero (vit_b_16: one of the 8 images moved by 0.10 in ONNX Runtime and by 0.12 in torch,
+each against torch in float64).
 """
 
 from __future__ import annotations
@@ -35,15 +38,17 @@ def per_image_errors(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return diff / np.maximum(scale, 1e-12)
 
 
-def agreement_problem(name: str, got: np.ndarray, want: np.ndarray) -> str | None:
-    """None when `got` agrees with `want` as the module docstring says, else what is wrong."""
+def agreement_problem(name: str, got: np.ndarray, want: np.ndarray, spare: int = 0) -> str | None:
+    """None when `got` agrees with `want` as the module docstring says, else what is wrong; `spare`
+    images may exceed KINK_RTOL (validate spares one)."""
     if got.shape != want.shape:
         return f"{name}: shape {got.shape}, expected {want.shape}"
     errors = per_image_errors(got, want)
     exact = float((errors <= RTOL).mean()) if errors.size else 1.0
-    if errors.size and (errors.max() > KINK_RTOL or exact < EXACT_SHARE):
-        return (f"{name}: per-image max error {errors.max():.2e} (allowed {KINK_RTOL:.0e}), "
-                f"{exact:.0%} of images within {RTOL:.0e} (needed {EXACT_SHARE:.0%})")
+    if errors.size and ((errors > KINK_RTOL).sum() > spare or exact < EXACT_SHARE):
+        return (f"{name}: per-image max error {errors.max():.2e} (allowed {KINK_RTOL:.0e}"
+                f"{f' but on {spare}' if spare else ''}), {exact:.0%} of images within {RTOL:.0e} "
+                f"(needed {EXACT_SHARE:.0%})")
     return None
 
 
@@ -81,7 +86,7 @@ def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
             error = np.abs(have - want).max() / scale if have.shape == want.shape else np.inf
             problem = None if error <= KINK_RTOL else f"{name}: max error {error:.2e} (allowed {KINK_RTOL:.0e})"
         else:
-            problem = agreement_problem(name, have, want)
+            problem = agreement_problem(name, have, want, spare=1)
         if problem:
             problems.append(problem)
     if problems:

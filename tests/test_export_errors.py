@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -117,3 +118,16 @@ def test_op_without_derivative_is_named_with_its_module(tmp_path):
     with pytest.raises(UnsupportedOpError, match=r"aten.special_zeta \(from module '1' \(_Zeta\)\) cannot be "
                                                  r"differentiated"):
         export_explainer(_with(_Zeta()), tmp_path / "z.onnx", input_shape=(3, 8, 8), methods=["saliency"])
+
+
+def test_validation_spares_one_image_but_not_a_wrong_graph():
+    from exporters.validate import agreement_problem
+
+    want = np.ones((8, 5), np.float32)
+    one_off, two_off, all_moved = want.copy(), want.copy(), want * 1.001
+    one_off[3] += 0.5
+    two_off[:2] += 0.5
+    assert agreement_problem("m", one_off, want, spare=1) is None
+    assert "max error 5.00e-01" in agreement_problem("m", one_off, want)
+    assert agreement_problem("m", two_off, want, spare=1) is not None
+    assert "0% of images within" in agreement_problem("m", all_moved, want, spare=1)

@@ -7,8 +7,9 @@ that torch.onnx translates.  Parameters are frozen, so only input gradients are 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch._decomp import core_aten_decompositions
@@ -257,14 +258,28 @@ def _contiguous_strides(size) -> list:
     return strides
 
 
-@register_composite(torch.nn.functional.linear)
+_ATEN_LINEAR = torch.nn.functional.linear
+
+
+@register_composite(_ATEN_LINEAR)
 def linear(input, weight, bias=None):
     """F.linear on tokens [N, T, F] as a matrix product of [N * T, F]: ATen's own linear, traced under
-    functorch's vjp, turned the symbolic batch into the trace's batch size (a guard) on vit's MLP."""
+    functorch's vjp, turned the symbolic batch into the trace's batch size (a guard) on vit's MLP, and on
+    attention's non-contiguous input it expanded the weight over every token (1.4 GB per vit_b_16 block)."""
     if input.dim() <= 2:
-        return torch.nn.functional.linear(input, weight, bias)
-    flat = torch.nn.functional.linear(input.flatten(0, -2), weight, bias)
-    return flat.unflatten(0, input.shape[:-1])
+        return _ATEN_LINEAR(input, weight, bias)
+    return _ATEN_LINEAR(input.flatten(0, -2), weight, bias).unflatten(0, input.shape[:-1])
+
+
+@contextlib.contextmanager
+def linear_everywhere() -> Iterator[None]:
+    """F.linear is `linear` above for the duration, also where torch calls it from inside its own
+    functions (F.multi_head_attention_forward), which a torch function mode does not see."""
+    torch.nn.functional.linear = linear
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = _ATEN_LINEAR
 
 
 def _adaptive_matrix(size: int, out: int, dtype: torch.dtype) -> torch.Tensor:

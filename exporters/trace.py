@@ -15,7 +15,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from exporters.decompositions import aten, decomposition_table
+from exporters.decompositions import aten, decomposition_table, linear_everywhere
 from exporters.errors import UnsupportedOpError
 from exporters.layers import LayerInfo
 from exporters.methods import CLASSIFIER, HeadInputs, Method, Sampler
@@ -287,11 +287,13 @@ def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method
             check_ops(m.name, RULED_OPS[m.input_rule], origins)
     args = (params, images, targets, counterfactual, *extras.values())
     try:
-        eager = f(*args)  # names the outputs, surfaces errors early
+        with linear_everywhere():
+            eager = f(*args)  # names the outputs, surfaces errors early
         names = list(eager)
         _check_forward(model, images, eager["logits"])
-        gm = make_fx(_as_tuple(f), decomposition_table=decomposition_table(), tracing_mode="symbolic",
-                     record_module_stack=True)(*_batch_symbolic(args))
+        with linear_everywhere():
+            gm = make_fx(_as_tuple(f), decomposition_table=decomposition_table(), tracing_mode="symbolic",
+                         record_module_stack=True)(*_batch_symbolic(args))
         if any(_mutates(node) for node in gm.graph.nodes):
             # autograd's backward of some views (vit's packed attention projection) copies into an as_strided
             # view in place; traced again functionalised, that is an as_strided_scatter the table decomposes.

@@ -40,7 +40,7 @@ def load_model(spec: str) -> tuple[nn.Module, tuple[int, int, int], list[str], l
                          "classifier name such as resnet18, vgg11_bn or mobilenet_v2")
     model = torchvision.models.get_model(spec, weights=None)
     layer = default_layer(spec)
-    if isinstance(model, torchvision.models.VisionTransformer):  # the last block's first norm, as pytorch-grad-cam
+    if token_grid(model):  # a vision transformer: the last block's first norm, as pytorch-grad-cam
         layer = f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1"
     return model, (3, 224, 224), [layer] if layer else [], None
 

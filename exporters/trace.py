@@ -286,25 +286,30 @@ def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method
         if m.input_rule in RULED_OPS:
             check_ops(m.name, RULED_OPS[m.input_rule], origins)
     args = (params, images, targets, counterfactual, *extras.values())
+    with linear_everywhere():
+        gm, names = _trace_joint(model, f, args, origins)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return Traced(gm, params, names, tuple(input_shape), origins, top_k, extras)
+
+
+def _trace_joint(model: nn.Module, f, args: tuple, origins: dict[str, str]):
+    """(graph, output names): f run eagerly (names the outputs, surfaces errors early), then traced."""
     try:
-        with linear_everywhere():
-            eager = f(*args)  # names the outputs, surfaces errors early
+        eager = f(*args)
         names = list(eager)
-        _check_forward(model, images, eager["logits"])
-        with linear_everywhere():
-            gm = make_fx(_as_tuple(f), decomposition_table=decomposition_table(), tracing_mode="symbolic",
-                         record_module_stack=True)(*_batch_symbolic(args))
+        _check_forward(model, args[1], eager["logits"])
+        gm = make_fx(_as_tuple(f), decomposition_table=decomposition_table(), tracing_mode="symbolic",
+                     record_module_stack=True)(*_batch_symbolic(args))
         if any(_mutates(node) for node in gm.graph.nodes):
-            # autograd's backward of some views (vit's packed attention projection) copies into an as_strided
-            # view in place; traced again functionalised, that is an as_strided_scatter the table decomposes.
-            # (Not in the first trace: functionalize cannot run the rules' autograd.Functions.)
+            # autograd's backward of some views copies into an as_strided view in place; traced again
+            # functionalised, that is an as_strided_scatter the table decomposes.  (Not in the first
+            # trace: functionalize cannot run the rules' autograd.Functions.)
             gm = make_fx(torch.func.functionalize(gm, remove="mutations"), decomposition_table=decomposition_table(),
                          tracing_mode="symbolic")(*_batch_symbolic(args))
     except (RuntimeError, NotImplementedError) as e:
         raise UnsupportedOpError(_explain_trace_error(e, origins)) from e
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return Traced(gm, params, names, tuple(input_shape), origins, top_k, extras)
+    return gm, names
 
 
 def _check_forward(model: nn.Module, images: torch.Tensor, logits: torch.Tensor) -> None:

@@ -204,6 +204,42 @@ def adaptive_avg_pool2d(input, output_size):
     return aten__adaptive_avg_pool2d(input, [input.shape[-2 + i] if s is None else s for i, s in enumerate(size)])
 
 
+def _attention_scores(query, key, is_causal, attn_mask, scale) -> torch.Tensor:
+    """[N, H, L, S]: q k^T * scale plus the mask, as plain batched matrix products (torch's own math
+    form adds a -inf guard to its softmax and broadcasts q and k by copies, which ONNX Runtime runs)."""
+    if query.shape[1] != key.shape[1]:
+        raise UnsupportedOpError("grouped-query attention (fewer key heads than query heads) is not supported")
+    n, h, length, dim = query.shape
+    scale = dim ** -0.5 if scale is None else scale
+    scores = torch.bmm(query.flatten(0, 1), key.flatten(0, 1).transpose(1, 2)).view(n, h, length, -1) * scale
+    if is_causal:
+        attn_mask = torch.ones(length, key.shape[-2], dtype=torch.bool).tril()
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        return scores.masked_fill(~attn_mask, float("-inf"))
+    return scores if attn_mask is None else scores + attn_mask
+
+
+def _batched(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b over the two leading axes [N, H] as one bmm."""
+    return torch.bmm(a.flatten(0, 1), b.flatten(0, 1)).view(*a.shape[:2], a.shape[2], b.shape[3])
+
+
+@register(aten._scaled_dot_product_flash_attention_for_cpu.default)
+def aten__scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p=0.0, is_causal=False, *,
+                                                     attn_mask=None, scale=None):
+    """_scaled_dot_product_flash_attention_for_cpu(Tensor query, Tensor key, Tensor value, float dropout_p=0.0,
+    bool is_causal=False, *, Tensor? attn_mask=None, float? scale=None) -> (Tensor output, Tensor logsumexp)
+
+    softmax(q k^T * scale + mask) v, laid out in memory as the kernel lays it out ([L, N, H, E]: attention
+    modules view the output after permuting it so); logsumexp is dropped by the trace unless read.
+    """
+    if dropout_p:
+        raise UnsupportedOpError("attention with dropout cannot be explained (export the model in eval mode)")
+    scores = _attention_scores(query, key, is_causal, attn_mask, scale)
+    out = _batched(torch.softmax(scores, dim=-1), value)
+    return out.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3), torch.logsumexp(scores, dim=-1)
+
+
 @register(aten._scaled_dot_product_flash_attention_for_cpu_backward.default)
 def aten__scaled_dot_product_flash_attention_for_cpu_backward(grad_out, query, key, value, out, logsumexp, dropout_p,
                                                               is_causal, *, attn_mask=None, scale=None):
@@ -217,16 +253,10 @@ def aten__scaled_dot_product_flash_attention_for_cpu_backward(grad_out, query, k
     if dropout_p:
         raise UnsupportedOpError("attention with dropout cannot be explained (export the model in eval mode)")
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    scores = query @ key.transpose(-2, -1) * scale
-    if is_causal:
-        attn_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool).tril()
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
-    elif attn_mask is not None:
-        scores = scores + attn_mask
-    probs = torch.softmax(scores, dim=-1)
-    grad_scores = probs * (grad_out @ value.transpose(-2, -1) - (grad_out * out).sum(-1, keepdim=True))
-    return grad_scores @ key * scale, grad_scores.transpose(-2, -1) @ query * scale, probs.transpose(-2, -1) @ grad_out
+    probs = torch.softmax(_attention_scores(query, key, is_causal, attn_mask, scale), dim=-1)
+    grad_scores = probs * (_batched(grad_out, value.transpose(-2, -1)) - (grad_out * out).sum(-1, keepdim=True))
+    return (_batched(grad_scores, key) * scale, _batched(grad_scores.transpose(-2, -1), query) * scale,
+            _batched(probs.transpose(-2, -1), grad_out))
 
 
 @register(aten.as_strided_scatter.default)

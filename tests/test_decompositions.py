@@ -7,6 +7,7 @@ import torch
 
 from exporters import rules
 from exporters.decompositions import REGISTRY, aten
+from exporters.errors import UnsupportedOpError
 
 torch.manual_seed(0)
 
@@ -33,10 +34,18 @@ def _adaptive_case(h, w, oh, ow):
     return (torch.randn(2, 3, oh, ow), x), None
 
 
+def _attention_inputs(heads, length, source, dim):
+    return torch.randn(2, heads, length, dim), torch.randn(2, heads, source, dim), torch.randn(2, heads, source, dim)
+
+
 def _attention_case(heads, length, source, dim, is_causal=False, mask=None, scale=None):
-    q, k, v = torch.randn(2, heads, length, dim), torch.randn(2, heads, source, dim), torch.randn(2, heads, source, dim)
+    q, k, v = _attention_inputs(heads, length, source, dim)
     out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal, attn_mask=mask, scale=scale)
     return (torch.randn_like(out), q, k, v, out, lse, 0.0, is_causal), None, dict(attn_mask=mask, scale=scale)
+
+
+def _attention_forward_case(heads, length, source, dim, is_causal=False, mask=None, scale=None):
+    return (*_attention_inputs(heads, length, source, dim), 0.0, is_causal), None, dict(attn_mask=mask, scale=scale)
 
 
 CASES = {
@@ -73,6 +82,12 @@ CASES = {
         "to 1x1 from a non-square map": _adaptive_case(10, 9, 1, 1),
         "uneven windows": _adaptive_case(10, 9, 4, 3),
         "upsampling (vgg at small inputs)": _adaptive_case(2, 2, 7, 7),
+    },
+    aten._scaled_dot_product_flash_attention_for_cpu.default: {
+        "self-attention (vit)": _attention_forward_case(2, 5, 5, 4),
+        "cross-attention, scale": _attention_forward_case(3, 4, 6, 8, scale=0.3),
+        "causal": _attention_forward_case(2, 5, 5, 4, is_causal=True),
+        "additive mask": _attention_forward_case(2, 4, 6, 4, mask=torch.randn(4, 6)),
     },
     aten._scaled_dot_product_flash_attention_for_cpu_backward.default: {
         "self-attention (vit)": _attention_case(2, 5, 5, 4),
@@ -121,3 +136,9 @@ def test_relu_rules():
     with pytest.raises(ValueError, match="unknown ReLU rule"):
         with rules.relu_rule("nope"):
             pass
+
+
+def test_attention_refuses_grouped_query_heads():
+    q, k, v = torch.randn(1, 4, 3, 2), torch.randn(1, 2, 3, 2), torch.randn(1, 2, 3, 2)
+    with pytest.raises(UnsupportedOpError, match="grouped-query attention"):
+        REGISTRY[aten._scaled_dot_product_flash_attention_for_cpu.default](q, k, v)

@@ -266,7 +266,7 @@ def aten_as_strided_scatter(self, src, size, stride, storage_offset=None):
 
     src written over the elements of self's storage that as_strided(size, stride, storage_offset) views:
     a scatter at their flat indices, or src itself where the view covers the whole storage in order (the
-    backward of vit's packed attention projection).
+    backward of as_strided views, once the trace is functionalised).
     """
     if not self.is_contiguous():
         raise UnsupportedOpError("aten.as_strided_scatter on a non-contiguous tensor has no ONNX form here")

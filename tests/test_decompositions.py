@@ -1,13 +1,16 @@
-"""Each backward-op decomposition against torch's own kernel, case by case, and the ReLU rules."""
+"""Each decomposition against torch's own kernel, case by case, the ReLU rules, and a backward that
+writes into a view in place (traced again functionalised)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from exporters import rules
+from exporters import export_explainer, rules
 from exporters.decompositions import REGISTRY, aten
 from exporters.errors import UnsupportedOpError
+from onnx_explain import Explainer
 
 torch.manual_seed(0)
 
@@ -96,7 +99,7 @@ CASES = {
         "additive mask": _attention_case(2, 4, 6, 4, mask=torch.randn(4, 6)),
     },
     aten.as_strided_scatter.default: {
-        "the whole storage (vit's attention projection)": ((torch.zeros(24), torch.randn(2, 3, 4), [2, 3, 4],
+        "the whole storage": ((torch.zeros(24), torch.randn(2, 3, 4), [2, 3, 4],
                                                             [12, 4, 1], 0), None),
         "strided, with an offset": ((torch.randn(4, 6), torch.randn(2, 3), [2, 3], [6, 2], 7), None),
         "transposed view": ((torch.randn(3, 4), torch.randn(4, 3), [4, 3], [1, 4]), None),
@@ -142,3 +145,25 @@ def test_attention_refuses_grouped_query_heads():
     q, k, v = torch.randn(1, 4, 3, 2), torch.randn(1, 2, 3, 2), torch.randn(1, 2, 3, 2)
     with pytest.raises(UnsupportedOpError, match="grouped-query attention"):
         REGISTRY[aten._scaled_dot_product_flash_attention_for_cpu.default](q, k, v)
+
+
+class _Crop(torch.nn.Module):
+    """A crop written with as_strided: its backward copies the gradient into an as_strided view in place."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return x.as_strided((n, c, h - 2, w - 2), x.stride(), 1)
+
+
+def test_backward_into_a_strided_view_is_functionalised(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), _Crop(), torch.nn.Conv2d(4, 4, 3),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3)).eval()
+    path = tmp_path / "crop.onnx"
+    export_explainer(model, path, input_shape=(3, 16, 16), layers=["3"], methods=["saliency"])
+    images, targets = torch.rand(2, 3, 16, 16), torch.tensor([0, 2])
+    raw = Explainer(path).explain(images.numpy(), targets=targets.numpy())["saliency"].raw
+    leaf = images.clone().requires_grad_()
+    model(leaf).gather(1, targets[:, None]).sum().backward()
+    np.testing.assert_allclose(raw, leaf.grad.numpy(), atol=1e-4 * float(leaf.grad.abs().max()))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -30,6 +31,9 @@ import torch
 from exporters import GRADIENT_FAMILY, export_explainer
 from exporters.models import load_model, token_grid
 from onnx_explain import Explainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from references import vit_reshape  # noqa: E402  (the reshape the parity tests give pytorch-grad-cam)
 
 IG_STEPS, NOISE_SAMPLES = 32, 16  # the export defaults, and captum's runs on the same work
 
@@ -82,7 +86,7 @@ def reference_runs(model: torch.nn.Module, x: torch.Tensor, targets: list[int], 
 
     layer = dict(model.named_modules())[layer_name]
     t = torch.tensor(targets)
-    reshape = _token_reshape(grid) if grid else None
+    reshape = vit_reshape(*grid) if grid else None
     grad_cam = GradCAM(model=model, target_layers=[layer], reshape_transform=reshape)
     grad_cam_pp = GradCAMPlusPlus(model=model, target_layers=[layer], reshape_transform=reshape)
     cam_targets = [ClassifierOutputTarget(i) for i in targets]
@@ -105,14 +109,6 @@ def reference_runs(model: torch.nn.Module, x: torch.Tensor, targets: list[int], 
         f"captum NoiseTunnel(Saliency) {NOISE_SAMPLES}": lambda: NoiseTunnel(Saliency(model)).attribute(
             leaf(), target=t, nt_samples=NOISE_SAMPLES, stdevs=0.15, abs=False),
     }
-
-
-def _token_reshape(grid: tuple[int, int]):
-    """pytorch-grad-cam's documented ViT reshape_transform: tokens after the class token as a grid."""
-    def reshape(tokens: torch.Tensor) -> torch.Tensor:
-        return tokens[:, 1:, :].reshape(tokens.size(0), *grid, tokens.size(2)).permute(0, 3, 1, 2)
-
-    return reshape
 
 
 def runnable(runs: dict) -> dict:

@@ -204,19 +204,23 @@ def adaptive_avg_pool2d(input, output_size):
     return aten__adaptive_avg_pool2d(input, [input.shape[-2 + i] if s is None else s for i, s in enumerate(size)])
 
 
-def _attention_scores(query, key, is_causal, attn_mask, scale) -> torch.Tensor:
-    """[N, H, L, S]: q k^T * scale plus the mask, as plain batched matrix products (torch's own math
+def _attention_scores(query, key, dropout_p, is_causal, attn_mask, scale) -> tuple[torch.Tensor, float]:
+    """([N, H, L, S] q k^T * scale plus the mask, scale): plain batched matrix products (torch's own math
     form adds a -inf guard to its softmax and broadcasts q and k by copies, which ONNX Runtime runs)."""
+    if dropout_p:
+        raise UnsupportedOpError("attention with dropout cannot be explained (export the model in eval mode)")
     if query.shape[1] != key.shape[1]:
         raise UnsupportedOpError("grouped-query attention (fewer key heads than query heads) is not supported")
     n, h, length, dim = query.shape
     scale = dim ** -0.5 if scale is None else scale
-    scores = torch.bmm(query.flatten(0, 1), key.flatten(0, 1).transpose(1, 2)).view(n, h, length, -1) * scale
+    scores = _batched(query, key.transpose(-2, -1)) * scale
     if is_causal:
         attn_mask = torch.ones(length, key.shape[-2], dtype=torch.bool).tril()
     if attn_mask is not None and attn_mask.dtype == torch.bool:
-        return scores.masked_fill(~attn_mask, float("-inf"))
-    return scores if attn_mask is None else scores + attn_mask
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    return scores, scale
 
 
 def _batched(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -233,9 +237,7 @@ def aten__scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_
     softmax(q k^T * scale + mask) v, laid out in memory as the kernel lays it out ([L, N, H, E]: attention
     modules view the output after permuting it so); logsumexp is dropped by the trace unless read.
     """
-    if dropout_p:
-        raise UnsupportedOpError("attention with dropout cannot be explained (export the model in eval mode)")
-    scores = _attention_scores(query, key, is_causal, attn_mask, scale)
+    scores, _ = _attention_scores(query, key, dropout_p, is_causal, attn_mask, scale)
     out = _batched(torch.softmax(scores, dim=-1), value)
     return out.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3), torch.logsumexp(scores, dim=-1)
 
@@ -250,10 +252,8 @@ def aten__scaled_dot_product_flash_attention_for_cpu_backward(grad_out, query, k
     Attention's backward from its math form: the probabilities P = softmax(q k^T * scale + mask) are
     recomputed, then dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K * scale, dK = dS^T Q * scale.
     """
-    if dropout_p:
-        raise UnsupportedOpError("attention with dropout cannot be explained (export the model in eval mode)")
-    scale = query.shape[-1] ** -0.5 if scale is None else scale
-    probs = torch.softmax(_attention_scores(query, key, is_causal, attn_mask, scale), dim=-1)
+    scores, scale = _attention_scores(query, key, dropout_p, is_causal, attn_mask, scale)
+    probs = torch.softmax(scores, dim=-1)
     grad_scores = probs * (_batched(grad_out, value.transpose(-2, -1)) - (grad_out * out).sum(-1, keepdim=True))
     return (_batched(grad_scores, key) * scale, _batched(grad_scores.transpose(-2, -1), query) * scale,
             _batched(probs.transpose(-2, -1), grad_out))
@@ -291,6 +291,8 @@ def _contiguous_strides(size) -> list:
 _ATEN_LINEAR = torch.nn.functional.linear
 
 
+# A composite as well: linear_everywhere catches the calls that look F.linear up; the call-site mode
+# catches the model's calls through a reference to ATen's linear taken before the trace.
 @register_composite(_ATEN_LINEAR)
 def linear(input, weight, bias=None):
     """F.linear on tokens [N, T, F] as a matrix product of [N * T, F]: ATen's own linear, traced under

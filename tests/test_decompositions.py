@@ -99,8 +99,7 @@ CASES = {
         "additive mask": _attention_case(2, 4, 6, 4, mask=torch.randn(4, 6)),
     },
     aten.as_strided_scatter.default: {
-        "the whole storage": ((torch.zeros(24), torch.randn(2, 3, 4), [2, 3, 4],
-                                                            [12, 4, 1], 0), None),
+        "the whole storage": ((torch.zeros(24), torch.randn(2, 3, 4), [2, 3, 4], [12, 4, 1], 0), None),
         "strided, with an offset": ((torch.randn(4, 6), torch.randn(2, 3), [2, 3], [6, 2], 7), None),
         "transposed view": ((torch.randn(3, 4), torch.randn(4, 3), [4, 3], [1, 4]), None),
     },

@@ -20,6 +20,7 @@ from exporters.errors import UnsupportedOpError
 from exporters.layers import LayerInfo
 from exporters.methods import CLASSIFIER, HeadInputs, Method, Sampler
 from exporters.relevance import RULED_OPS, CallSites, check_ops
+from exporters.rewrites import factors_before_pool_routing
 from exporters.rules import relu_rule
 from exporters.sampling import integration_rule, noisy, on_path, weighted_sum
 
@@ -288,6 +289,8 @@ def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method
     args = (params, images, targets, counterfactual, *extras.values())
     with linear_everywhere():
         gm, names = _trace_joint(model, f, args, origins)
+    gm.graph.eliminate_dead_code()  # batch norm's backward leaves parameter gradients that nothing reads
+    factors_before_pool_routing(gm.graph)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return Traced(gm, params, names, tuple(input_shape), origins, top_k, extras)

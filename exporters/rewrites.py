@@ -10,8 +10,8 @@ import operator
 
 import torch
 
-from exporters.decompositions import aten
 import exporters.translations  # noqa: F401  (registers onnx_explain::active)
+from exporters.decompositions import aten
 
 _POOL_BACKWARD = aten.max_pool2d_with_indices_backward.default
 _MUL = aten.mul.Tensor

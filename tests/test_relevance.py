@@ -157,3 +157,19 @@ def test_feature_targets_refuse_score_methods(tmp_path):
     with pytest.raises(ValueError, match="explain a class score"):
         export_explainer(_tiny(torch.nn.ReLU()), tmp_path / "x.onnx", input_shape=(3, 8, 8), methods=["deeplift"],
                          feature_layer="0")
+
+
+def test_deeplift_rescale_slope_case_by_case():
+    """The ReLU's multiplier against captum's rule: the secant (relu(x) - relu(x')) / (x - x'), or the
+    plain gradient's [x > 0] where |x - x'| < 1e-10 (unchanged inputs above all, 0/0 otherwise)."""
+    from exporters.relevance import DEEPLIFT_EPS, _RescaleReLU
+    from exporters.rules import relu_rule
+
+    x = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0, 0.0, 4e-11, -4e-11, 1e-3, 1.0])
+    ref = torch.tensor([2.0, -1.0, -0.5, 1.0, -3.0, 0.0, -3e-11, 3e-11, 1e-3 + 5e-11, -1.0])
+    delta = x - ref
+    want = torch.where(delta.abs() < DEEPLIFT_EPS, (x > 0).float(), (torch.relu(x) - torch.relu(ref)) / delta)
+    leaf = x.clone().requires_grad_()
+    with relu_rule("deeplift"):
+        _RescaleReLU.apply(leaf, ref).sum().backward()
+    torch.testing.assert_close(leaf.grad, want, rtol=1e-6, atol=1e-9)

@@ -4,9 +4,9 @@ For each model and batch size, prints the ONNX Runtime time of each method's exp
 alone) divided by the time of the plain forward-only ONNX of the same model, in the same runtime and
 process; then the same ratio for captum and pytorch-grad-cam (eager torch) on the same work.
 
-The machine is shared and its speed drifts, so the plain forward is timed again in every round, right
-before the methods: each round gives one ratio per method (median of `--repeats` runs over the median
-of the plain forward's runs in that round), and the figure printed is the median over `--rounds`.
+The machine is shared and its speed drifts, so the plain forward is timed again right before each
+method in every round: each round gives one ratio per method (median of `--repeats` runs over the
+median of the plain forward's runs just before), and the figure printed is the median over `--rounds`.
 Run: python bench/overhead.py [--models resnet18 resnet50] [--batches 1 8] [--rounds 5] [--repeats 3]
 The relevance family (issue 5), measured for the README:
   python bench/overhead.py --models resnet18 --batches 1 --rounds 3 --repeats 3 \
@@ -51,11 +51,14 @@ def median_time(fn, repeats: int) -> float:
 
 
 def paired_ratios(base, runs: dict, rounds: int, repeats: int) -> tuple[float, dict[str, float]]:
-    """(median base time, {label: median over rounds of time / base time in the same round})."""
+    """(median base time, {label: median over rounds of time / base time timed right before it}).
+
+    The base is timed again before every run, not once per round: over the minutes a round takes, the
+    machine's speed moved enough to put a CAM below the plain forward it contains (0.89x)."""
     base_times, ratios = [], {label: [] for label in runs}
     for _ in range(rounds):
-        base_times.append(median_time(base, repeats))
         for label, fn in runs.items():
+            base_times.append(median_time(base, repeats))
             ratios[label].append(median_time(fn, repeats) / base_times[-1])
     return statistics.median(base_times), {label: statistics.median(r) for label, r in ratios.items()}
 

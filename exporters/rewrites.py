@@ -38,6 +38,7 @@ def factors_before_pool_routing(graph: torch.fx.Graph) -> None:
 
 def _pull_factors_in(graph: torch.fx.Graph, backward: torch.fx.Node) -> None:
     pool_input, pooled = backward.args[1], _pooled_output(backward.args[7])
+    # One reader at a time: the result is read nowhere else, so no factor can be computed from it.
     while len(backward.users) == 1:
         (user,) = backward.users
         if user.target is aten.relu.default:  # guided backprop's ReLU rule, relu(grad) * mask

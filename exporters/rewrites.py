@@ -41,34 +41,27 @@ def _pull_factors_in(graph: torch.fx.Graph, backward: torch.fx.Node) -> None:
     # One reader at a time: the result is read nowhere else, so no factor can be computed from it.
     while len(backward.users) == 1:
         (user,) = backward.users
-        if user.target is aten.relu.default:  # guided backprop's ReLU rule, relu(grad) * mask
-            masked = next(iter(user.users)) if len(user.users) == 1 else None
-            if masked is None or pooled is None or not _is_mask_of(_other_factor(masked, user), pool_input):
-                return
-            _scale_windows(graph, backward, pooled, at=user)
-            masked.replace_all_uses_with(user)
-            graph.erase_node(masked)
-            return  # nothing moves past the relu
-        other = _other_factor(user, backward)
-        if _is_mask_of(other, pool_input) and pooled is not None:
-            _scale_windows(graph, backward, pooled, at=user)
-        elif _plane_constant(other, backward):
-            _scale_windows(graph, backward, other, at=user, mask=False)
+        guided = user.target is aten.relu.default and len(user.users) == 1  # relu(grad) * mask
+        product = next(iter(user.users)) if guided else user
+        other = _other_factor(product, user if guided else backward)
+        if pooled is not None and _is_mask_of(other, pool_input):
+            factor = _inserted(graph, user, _ACTIVE, pooled)
+        elif not guided and _plane_constant(other, backward):
+            factor = other
         else:
             return
-        user.replace_all_uses_with(backward)
-        graph.erase_node(user)
+        # The factor may be computed after the backward was: the backward moves down to `user`.
+        backward.update_arg(0, _inserted(graph, user, _MUL, backward.args[0], factor))
+        user.prepend(backward)
+        product.replace_all_uses_with(user if guided else backward)
+        graph.erase_node(product)
+        if guided:
+            return  # nothing moves past the relu
 
 
-def _scale_windows(graph: torch.fx.Graph, backward: torch.fx.Node, factor, at: torch.fx.Node,
-                   mask: bool = True) -> None:
-    """The max pool's backward routes grad * factor (grad * active(factor) with mask), moved down to `at`:
-    the factor may be computed after the backward was."""
-    with graph.inserting_before(at):
-        if mask:
-            factor = graph.call_function(_ACTIVE, (factor,))
-        backward.update_arg(0, graph.call_function(_MUL, (backward.args[0], factor)))
-    at.prepend(backward)
+def _inserted(graph: torch.fx.Graph, before: torch.fx.Node, target, *args) -> torch.fx.Node:
+    with graph.inserting_before(before):
+        return graph.call_function(target, args)
 
 
 def _other_factor(node: torch.fx.Node, operand: torch.fx.Node):

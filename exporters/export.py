@@ -138,7 +138,7 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path))
     if validate_export:
-        validate(path, traced)
+        validate(path, traced, {m.name: sampling.evaluations(m.sampler) for m in chosen if m.sampler})
     return info
 
 

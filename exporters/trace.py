@@ -110,6 +110,10 @@ class Sampling:
     def rule(self) -> tuple[list[float], list[float]]:
         return integration_rule(self.integration, self.steps)
 
+    def evaluations(self, sampler: Sampler) -> int:
+        """The input gradients that one image's map averages."""
+        return (self.samples if sampler.noise else 1) * (self.steps if sampler.path else 1)
+
 
 def extra_inputs(methods: Sequence[Method]) -> list[str]:
     """The optional graph inputs the methods read."""

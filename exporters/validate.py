@@ -11,10 +11,19 @@ of the images within RTOL, which a wrong translation (every image off) cannot pa
 may be ill-conditioned: xgradcam divides by each channel's sum over the map, which after a LayerNorm
 can come near zero (vit_b_16: one of the 8 images moved by 0.10 in ONNX Runtime and by 0.12 in torch,
 each against torch in float64).
+
+A map that averages S gradient evaluations (integrated gradients' steps, SmoothGrad's noisy copies) is
+rarely exact anywhere at full resolution: each evaluation can move at a kink, so nearly every image
+holds some that did.  Each moves the average by its 1/S share, with either sign, so an image's error
+shrinks like KINK_RTOL / sqrt(S); for such maps that is the tolerance the share of images must meet.
+Measured on random-weight resnet18 at 224x224 (3 in 8 images move in saliency): integrated gradients
+(32 steps) 0.7e-3 to 2.1e-3 in every image, SmoothGrad (16 copies) up to 4.6e-3, against 8.8e-3 and
+1.25e-2.  A wrong step or sample weight moves the map by 1/S, which that still catches for S < 400.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -38,23 +47,26 @@ def per_image_errors(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return diff / np.maximum(scale, 1e-12)
 
 
-def agreement_problem(name: str, got: np.ndarray, want: np.ndarray, spare: int = 0) -> str | None:
+def agreement_problem(name: str, got: np.ndarray, want: np.ndarray, spare: int = 0,
+                      evaluations: int = 1) -> str | None:
     """None when `got` agrees with `want` as the module docstring says, else what is wrong; `spare`
-    images may exceed KINK_RTOL (validate spares one)."""
+    images may exceed KINK_RTOL (validate spares one); `evaluations`: the gradients the map averages."""
     if got.shape != want.shape:
         return f"{name}: shape {got.shape}, expected {want.shape}"
     errors = per_image_errors(got, want)
-    exact = float((errors <= RTOL).mean()) if errors.size else 1.0
+    tolerance = RTOL if evaluations == 1 else max(RTOL, KINK_RTOL / math.sqrt(evaluations))
+    exact = float((errors <= tolerance).mean()) if errors.size else 1.0
     if errors.size and ((errors > KINK_RTOL).sum() > spare or exact < EXACT_SHARE):
         return (f"{name}: per-image max error {errors.max():.2e} (allowed {KINK_RTOL:.0e}"
-                f"{f' but on {spare}' if spare else ''}), {exact:.0%} of images within {RTOL:.0e} "
+                f"{f' but on {spare}' if spare else ''}), {exact:.0%} of images within {tolerance:.1e} "
                 f"(needed {EXACT_SHARE:.0%})")
     return None
 
 
-def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
+def validate(path: Path, traced: Traced, evaluations: dict[str, int] | None = None, seed: int = 0) -> dict[str, float]:
     """Run the file in ONNX Runtime (CPU, default optimisation level) and the traced graph in torch on
-    one random batch; return each output's largest per-image error.
+    one random batch; return each output's largest per-image error.  `evaluations`: method -> the
+    gradients its map averages, for the sampled methods.
 
     Raises:
         ExportValidationError: an output has another shape, the logits or targets differ beyond RTOL, or
@@ -86,7 +98,8 @@ def validate(path: Path, traced: Traced, seed: int = 0) -> dict[str, float]:
             error = np.abs(have - want).max() / scale if have.shape == want.shape else np.inf
             problem = None if error <= KINK_RTOL else f"{name}: max error {error:.2e} (allowed {KINK_RTOL:.0e})"
         else:
-            problem = agreement_problem(name, have, want, spare=1)
+            method = name.split(".")[0].split("@")[0]
+            problem = agreement_problem(name, have, want, spare=1, evaluations=(evaluations or {}).get(method, 1))
         if problem:
             problems.append(problem)
     if problems:

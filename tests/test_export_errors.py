@@ -131,3 +131,15 @@ def test_validation_spares_one_image_but_not_a_wrong_graph():
     assert "max error 5.00e-01" in agreement_problem("m", one_off, want)
     assert agreement_problem("m", two_off, want, spare=1) is not None
     assert "0% of images within" in agreement_problem("m", all_moved, want, spare=1)
+
+
+def test_validation_of_averaged_maps_allows_kinks_in_every_image_but_not_a_wrong_weight():
+    from exporters.validate import agreement_problem
+
+    want = np.ones((8, 5), np.float32)
+    each_moved_a_little = want * (1 + 2e-3)  # a few of 32 path steps moved at a kink, in every image
+    one_step_weight_wrong = want * (1 + 1 / 32)
+    assert agreement_problem("m", each_moved_a_little, want, spare=1) is not None
+    assert agreement_problem("m", each_moved_a_little, want, spare=1, evaluations=32) is None
+    assert "0% of images within 8.8e-03" in agreement_problem("m", one_step_weight_wrong, want, spare=1,
+                                                               evaluations=32)

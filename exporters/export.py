@@ -132,6 +132,7 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         maps=tuple(_map_outputs(chosen, tapped)), layers={k: v.shape for k, v in tapped.items()},
         producer=f"onnx-explain {__version__}", opset=_opset(proto), top_k=top_k,
         sampling=_sampling_info(chosen, sampling),
+        points=1 + sum(sampling.evaluations(s) for s in {m.sampler for m in chosen if m.sampler}),
         feature={"layer": feature.layer, "score": feature.score, "channels": choices} if feature else None)
     write_info(proto, info)
     path = Path(path)

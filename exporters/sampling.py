@@ -40,9 +40,11 @@ def integration_rule(method: str, steps: int) -> tuple[list[float], list[float]]
 
 
 def noisy(images: torch.Tensor, noise_std: torch.Tensor, seed: torch.Tensor, samples: int) -> torch.Tensor:
-    """[N, S, C, H, W]: image + noise_std * n, with n standard normal drawn from `seed`.  Flattened, the
-    samples are image-major (row n * S + s), as captum's NoiseTunnel lays them out."""
-    return images[:, None] + noise_std * standard_normal(seed, (images.shape[0], samples, *images.shape[1:]))
+    """[N, S, C, H, W]: image + noise_std * n_s, with the S draws n_s standard normal from `seed` and the
+    same for every image, so an image's map does not depend on the rest of its batch (nor on the chunks
+    the runtime splits a call into).  Flattened, the samples are image-major (row n * S + s), as captum's
+    NoiseTunnel lays them out."""
+    return images[:, None] + noise_std * standard_normal(seed, (samples, *images.shape[1:]))
 
 
 def on_path(inputs: torch.Tensor, baselines: torch.Tensor, alphas: list[float]) -> torch.Tensor:

@@ -47,6 +47,12 @@ def per_image_errors(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return diff / np.maximum(scale, 1e-12)
 
 
+def exact_tolerance(evaluations: int) -> float:
+    """What a share of the images must meet: RTOL, or for a map averaging that many gradients the
+    KINK_RTOL / sqrt(evaluations) of the module docstring."""
+    return RTOL if evaluations == 1 else max(RTOL, KINK_RTOL / math.sqrt(evaluations))
+
+
 def agreement_problem(name: str, got: np.ndarray, want: np.ndarray, spare: int = 0,
                       evaluations: int = 1) -> str | None:
     """None when `got` agrees with `want` as the module docstring says, else what is wrong; `spare`
@@ -54,7 +60,7 @@ def agreement_problem(name: str, got: np.ndarray, want: np.ndarray, spare: int =
     if got.shape != want.shape:
         return f"{name}: shape {got.shape}, expected {want.shape}"
     errors = per_image_errors(got, want)
-    tolerance = RTOL if evaluations == 1 else max(RTOL, KINK_RTOL / math.sqrt(evaluations))
+    tolerance = exact_tolerance(evaluations)
     exact = float((errors <= tolerance).mean()) if errors.size else 1.0
     if errors.size and ((errors > KINK_RTOL).sum() > spare or exact < EXACT_SHARE):
         return (f"{name}: per-image max error {errors.max():.2e} (allowed {KINK_RTOL:.0e}"
@@ -82,12 +88,15 @@ def validate(path: Path, traced: Traced, evaluations: dict[str, int] | None = No
     extras = dict(traced.extras)
     if "baselines" in extras:  # a baseline other than the default zeros exercises the reference pass
         extras["baselines"] = torch.randn(extras["baselines"].shape, generator=gen) * 0.1
-    with torch.no_grad():
-        expected = [t.numpy() for t in traced.graph(traced.params, images, targets, counterfactual, *extras.values())]
     explainer = Explainer(path, providers="cpu")  # as a server would open it: default level
+    size = explainer.images_per_run(VALIDATION_BATCH)  # torch runs the same chunks: both bound memory
+    with torch.no_grad():
+        chunks = [traced.graph(traced.params, images[i:i + size], targets[i:i + size], counterfactual,
+                               *extras.values()) for i in range(0, VALIDATION_BATCH, size)]
+    expected = [torch.cat(parts).numpy() for parts in zip(*chunks, strict=True)]
     feeds = {"images": images.numpy(), "targets": targets.numpy(), "counterfactual": counterfactual.numpy(),
              **{name: value.numpy() for name, value in extras.items()}}
-    got = explainer.session.run(traced.output_names, {k: v for k, v in feeds.items() if k in explainer.inputs})
+    got = explainer.run(traced.output_names, {k: v for k, v in feeds.items() if k in explainer.inputs})
     problems = []
     scale = max(float(np.abs(expected[traced.output_names.index("logits")]).max()), 1e-12)  # zero-init heads
     for name, want, have in zip(traced.output_names, expected, got, strict=True):

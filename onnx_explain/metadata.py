@@ -36,6 +36,7 @@ class GraphInfo:
     top_k: int = 1  # targets per image: `targets` is [N] for 1, [N, k] otherwise, and maps get a k axis
     feature: dict | None = None  # {"layer", "score", "channels"} when targets are channels of a layer
     sampling: dict = field(default_factory=dict)  # {"steps", "integration", "samples"} of the sampled methods
+    points: int = 1  # images the model runs on per explained image: 1, plus each sampled pass's points
 
     @property
     def target_names(self) -> tuple[str, ...]:

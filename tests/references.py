@@ -270,7 +270,7 @@ def noise_tunnel(kind: str, base: str, model, images: np.ndarray, targets: np.nd
     from exporters.sampling import standard_normal
 
     n, *shape = images.shape
-    noise = standard_normal(torch.tensor(seed), (n, samples, *shape)).flatten(0, 1)
+    noise = standard_normal(torch.tensor(seed), (samples, *shape)).expand(n, samples, *shape).flatten(0, 1)
     explainer = {"saliency": Saliency, "guided_backprop": GuidedBackprop,
                  "integrated_gradients": IntegratedGradients}[base](model)
     options = {"abs": False} if base == "saliency" else {}

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import references
 import torch
-from conftest import IG_STEPS, images
+from conftest import IG_STEPS, NOISE_SAMPLES, images
 
 from exporters import export_explainer
 from exporters.errors import UnsupportedOpError
 from exporters.sampling import INTEGRATION_METHODS, integration_rule
 from exporters.validate import RTOL, per_image_errors
+from onnx_explain import Explainer
 
 MODELS = ["shapenet", "resnet18"]
 
@@ -123,6 +124,25 @@ def test_noise_is_reproducible_and_scaled(exported):
     quiet = e.explainer.explain(x, methods=methods, targets=t, noise_std=0.0)
     np.testing.assert_allclose(quiet["smoothgrad"].raw, quiet["saliency"].raw, rtol=1e-5, atol=1e-8)
     assert np.abs(quiet["vargrad"].raw).max() <= 1e-6 * np.abs(quiet["saliency"].raw).max() ** 2
+
+
+def test_large_calls_run_in_chunks_that_change_no_map(exported):
+    e = exported("shapenet")
+    assert e.info.points == 1 + IG_STEPS + NOISE_SAMPLES + NOISE_SAMPLES * IG_STEPS  # ig_* copies walk the path
+    x, t = _inputs(e, n=5)
+    t = t % 4  # the shipped model has four classes
+    whole = Explainer(e.path, providers="cpu", max_images_per_run=None)
+    pairs = Explainer(e.path, providers="cpu", max_images_per_run=2 * e.info.points)
+    assert whole.images_per_run(5) == 5 and pairs.images_per_run(5) == 2 and e.explainer.images_per_run(5) == 1
+    a, b = whole.explain(x, targets=t, seed=3), pairs.explain(x, targets=t, seed=3)
+    alone = whole.explain(x[4:], targets=t[4:], seed=3)  # the same noise draws, whatever the batch
+    for method in a.methods:
+        scale = np.abs(a[method].raw).max()
+        np.testing.assert_allclose(b[method].raw, a[method].raw, rtol=1e-5, atol=1e-6 * scale, err_msg=method)
+        np.testing.assert_allclose(alone[method].raw[0], a[method].raw[4], rtol=1e-5, atol=1e-6 * scale,
+                                   err_msg=method)
+    with pytest.raises(ValueError, match="max_images_per_run must be at least 1"):
+        Explainer(e.path, max_images_per_run=0)
 
 
 def test_bad_runtime_inputs(exported):

@@ -19,6 +19,7 @@ from exporters.decompositions import aten, decomposition_table, linear_everywher
 from exporters.errors import UnsupportedOpError
 from exporters.layers import LayerInfo
 from exporters.methods import CLASSIFIER, HeadInputs, Method, Sampler
+from exporters.pruning import on_read_token
 from exporters.relevance import RULED_OPS, CallSites, check_ops
 from exporters.rewrites import factors_before_pool_routing
 from exporters.rules import relu_rule
@@ -280,7 +281,9 @@ def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method
     become graph inputs.
     `defaults` holds the value of each optional input the methods read (extra_inputs)."""
     params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    f = joint_function(model, methods, layers, classifier, top_k, feature, sampling)
+    tapped = [*layers, *([feature.layer] if feature else [])]
+    f = joint_function(on_read_token(model, input_shape, tapped), methods, layers, classifier, top_k, feature,
+                       sampling)
     batch = _trace_batch(params, input_shape, top_k)
     images = torch.randn(batch, *input_shape)
     targets = torch.full(targets_shape(batch, top_k), -1, dtype=torch.int64)

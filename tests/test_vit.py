@@ -16,6 +16,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from exporters import export_explainer
 from exporters.errors import LayerNotFoundError
+from exporters.pruning import on_read_token
 from exporters.validate import agreement_problem
 from onnx_explain import Explainer
 
@@ -105,3 +106,55 @@ def test_torchvision_vit_defaults():
     model, shape, layers, _ = load_model("vit_b_16")
     assert (shape, layers, token_grid(model)) == ((3, 224, 224), ["encoder.layers.encoder_layer_11.ln_1"], (14, 14))
     assert token_grid(small_vit()) == GRID and token_grid(torch.nn.Linear(2, 2)) is None
+
+
+def mlp_tokens(model: torch.nn.Module, runner: torch.nn.Module) -> list[int]:
+    """The number of tokens each block's MLP runs on when runner is called (fx inlines the MLP block, not
+    its layers)."""
+    seen = []
+    hooks = [block.mlp[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+             for block in model.encoder.layers]
+    with torch.no_grad():
+        runner(torch.from_numpy(images(2, seed=3)))
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_the_last_block_runs_only_on_the_class_token():
+    model = small_vit()
+    runner = on_read_token(model, (3, SIZE, SIZE), whole=[LAYER])
+    assert mlp_tokens(model, runner) == [17, 1]  # the head reads token 0 alone
+    x = torch.from_numpy(images(3, seed=4))
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_tapped_layer_behind_the_attention_stays_whole(tmp_path):
+    layer = "encoder.layers.encoder_layer_1.ln_2"  # after the last attention: its hook must see every token
+    model = small_vit()
+    runner, seen = on_read_token(model, (3, SIZE, SIZE), whole=[layer]), []
+    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    assert mlp_tokens(model, runner) == [17, 1]
+    hook.remove()
+    assert seen == [17]
+    export_explainer(model, tmp_path / "v.onnx", input_shape=(3, SIZE, SIZE), layers=[layer], methods=["gradcam"],
+                     token_grid=GRID)
+    x = images(2, seed=5)
+    result = Explainer(tmp_path / "v.onnx", providers="cpu").explain(x)
+    want = references.cam_family_raw("gradcam", model, layer, x, result.targets, references.vit_reshape(*GRID))
+    assert agreement_problem("gradcam", result["gradcam"].raw, want) is None
+
+
+def test_models_without_a_token_head_run_as_they_are():
+    convnet = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(1),
+                                  torch.nn.LazyLinear(2))
+    convnet(torch.zeros(1, 3, 8, 8))
+    assert on_read_token(convnet, (3, 8, 8), whole=[]) is convnet
+
+    class Branchy(torch.nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def forward(self, x):
+            return x[:, 0] if x.sum() > 0 else x[:, 1]
+
+    branchy = Branchy()
+    assert on_read_token(branchy, (4, 3), whole=[]) is branchy

@@ -30,25 +30,30 @@ _ALL = slice(None)
 def on_read_token(model: nn.Module, input_shape: tuple[int, ...], whole: Iterable[str]) -> nn.Module:
     """`model`, or an fx copy of it (sharing its modules and parameters) whose layers between the last
     attention and the head run only on the token the head reads.  `whole`: module names to keep whole."""
-    whole = set(whole)
     try:
-        gm = fx.GraphModule(model, _Tracer(whole).trace(model))
-    except Exception:  # noqa: BLE001 -- fx cannot trace every model; such a model is simply used as it is
+        return _pruned(model, input_shape, set(whole)) or model
+    except Exception:  # noqa: BLE001 -- fx cannot trace every model; such a model is exported as it is
         return model
+
+
+def _pruned(model: nn.Module, input_shape: tuple[int, ...], whole: set[str]) -> fx.GraphModule | None:
+    gm = fx.GraphModule(model, _Tracer(whole).trace(model))
     reads = [n for n in gm.graph.nodes if _token_read(n) is not None]
     if len({_token_read(n) for n in reads}) != 1:  # no token read, or several different ones
-        return model
+        return None
     example = torch.randn(2, *input_shape)
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
         want = model(example)
     gm.graph.eliminate_dead_code()  # unread outputs (attention's weights) would keep their producers whole
     if not _Pruner(gm, whole, _token_read(reads[0])).prune(reads):
-        return model
+        return None
     gm.recompile()
     with torch.no_grad():
-        same = torch.allclose(gm(example), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
-    return gm if same else model
+        got = gm(example)
+    # a rewrite this module got wrong must cost speed, never a map
+    same = got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    return gm if same else None
 
 
 class _Tracer(fx.Tracer):
@@ -121,7 +126,8 @@ class _Pruner:
         if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0 \
                 and isinstance(node.args[0], fx.Node) and self._token_positions(node.args[0]) is not None:
             return [0]  # attention's output, from the (output, weights) pair
-        if node.op == "call_function" and node.target in _ELEMENTWISE and not node.kwargs and _rank(node) == 3:
+        if node.op == "call_function" and node.target in _ELEMENTWISE and not node.kwargs and _rank(node) == 3 \
+                and all(_spares_tokens(a) for a in node.args):
             tokens = node.meta["tensor_meta"].shape[1]
             return [i for i, a in enumerate(node.args) if _rank(a) == 3 and a.meta["tensor_meta"].shape[1] == tokens]
         return None
@@ -136,6 +142,16 @@ class _Pruner:
     def _slice(self, node: fx.Node) -> fx.Node:
         with self.graph.inserting_after(node):
             return self.graph.call_function(operator.getitem, (node, (_ALL, slice(self.k, self.k + 1))))
+
+
+def _spares_tokens(arg) -> bool:
+    """An element-wise operand whose axes line up with [N, T, C] so that slicing the token axis (of it,
+    or of the output where it broadcasts) commutes with the op: a number, a vector over the channels,
+    [1, C], or any [., ., .]."""
+    if not isinstance(arg, fx.Node):
+        return isinstance(arg, (int, float))
+    rank = _rank(arg)
+    return rank in (0, 1, 3) or (rank == 2 and arg.meta["tensor_meta"].shape[0] == 1)
 
 
 def _rank(node) -> int:

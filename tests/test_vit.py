@@ -158,3 +158,23 @@ def test_models_without_a_token_head_run_as_they_are():
 
     branchy = Branchy()
     assert on_read_token(branchy, (4, 3), whole=[]) is branchy
+
+
+def test_operands_broadcast_over_the_tokens_keep_their_token_rows():
+    class Tokens(torch.nn.Module):  # reads token 2 of norm(x + pos), pos [T, C] broadcast over the batch
+        def __init__(self):
+            super().__init__()
+            self.pos = torch.nn.Parameter(torch.randn(5, 4))
+            self.norm, self.fc = torch.nn.LayerNorm(4), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.norm(x + self.pos)[:, 2])
+
+    torch.manual_seed(0)
+    model = Tokens()
+    runner, seen, x = on_read_token(model, (5, 4), whole=[]), [], torch.randn(3, 5, 4)
+    with torch.no_grad():
+        want = model(x)
+        model.norm.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+        torch.testing.assert_close(runner(x), want)
+    assert seen == [1]  # the norm ran on token 2 alone; the sum with pos [T, C] was taken whole, then sliced

@@ -91,8 +91,10 @@ class _Pruner:
         for node in moved:
             args = list(node.args)
             for i in self._token_positions(node):
-                if args[i] not in needed or self._token_positions(args[i]) is None:
-                    args[i] = slices.get(args[i]) or slices.setdefault(args[i], self._slice(args[i]))
+                if args[i] not in needed or self._token_positions(args[i]) is None:  # stays whole: sliced
+                    if args[i] not in slices:
+                        slices[args[i]] = self._slice(args[i])
+                    args[i] = slices[args[i]]
             node.args = tuple(args)
         for read in reads:
             if read.args[0] in moved:

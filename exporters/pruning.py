@@ -43,8 +43,7 @@ def _pruned(model: nn.Module, input_shape: tuple[int, ...], whole: set[str]) -> 
         return None
     example = torch.randn(2, *input_shape)
     with torch.no_grad():
-        ShapeProp(gm).propagate(example)
-        want = model(example)
+        want = ShapeProp(gm).propagate(example)  # the model's output, before the rewrite
     gm.graph.eliminate_dead_code()  # unread outputs (attention's weights) would keep their producers whole
     if not _Pruner(gm, whole, _token_read(reads[0])).prune(reads):
         return None

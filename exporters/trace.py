@@ -129,22 +129,24 @@ def extra_inputs(methods: Sequence[Method]) -> list[str]:
     return [name for name in EXTRA_INPUTS if name in needs]
 
 
-def joint_function(model: nn.Module, methods: Sequence[Method], layers: dict[str, LayerInfo],
-                   classifier: str | None = None, top_k: int = 1, feature: FeatureTarget | None = None,
-                   sampling: Sampling = Sampling()):
+def joint_function(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method],
+                   layers: dict[str, LayerInfo], classifier: str | None = None, top_k: int = 1,
+                   feature: FeatureTarget | None = None, sampling: Sampling = Sampling()):
     """f(params, images, targets, counterfactual, *extras) -> outputs: the forward pass, then for each
     target of an image one backward pass per rule the methods read (all sharing the forward), and the
     methods' heads.  Sampled methods (SmoothGrad, integrated gradients) run the model once more on their
     batch of points, with one backward pass per rule they read.  `extras` are the inputs extra_inputs
     names, in that order.  `classifier` names the weight of the linear layer whose rows are CAM's class
     weights.  With top_k > 1, targets are [N, k] and every map gets a k axis after N.  With a feature
-    target, the score is a channel of that layer instead of a logit (input methods only)."""
+    target, the score is a channel of that layer instead of a logit (input methods only).  The model runs
+    as exporters.pruning leaves it: a transformer's last layers on the token its head reads."""
     at_images = [m for m in methods if m.sampler is None]
     input_rules = {m.input_rule for m in at_images} - {None}
     layer_rules = {m.layer_rule for m in at_images} - {None, CLASSIFIER}
     samplers = {m.sampler: {n.input_rule for n in methods if n.sampler == m.sampler} for m in methods if m.sampler}
     deeplift = "deeplift" in input_rules
     taps = {**layers, **({feature.layer: feature.info} if feature else {})}
+    model = on_read_token(model, input_shape, taps)  # the tapped layers keep every token
     extra_names = extra_inputs(methods)
 
     def f(params, images, targets, counterfactual, *extras):
@@ -281,9 +283,7 @@ def trace(model: nn.Module, input_shape: Sequence[int], methods: Sequence[Method
     become graph inputs.
     `defaults` holds the value of each optional input the methods read (extra_inputs)."""
     params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    tapped = [*layers, *([feature.layer] if feature else [])]
-    f = joint_function(on_read_token(model, input_shape, tapped), methods, layers, classifier, top_k, feature,
-                       sampling)
+    f = joint_function(model, input_shape, methods, layers, classifier, top_k, feature, sampling)
     batch = _trace_batch(params, input_shape, top_k)
     images = torch.randn(batch, *input_shape)
     targets = torch.full(targets_shape(batch, top_k), -1, dtype=torch.int64)

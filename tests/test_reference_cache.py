@@ -1,0 +1,56 @@
+"""exporters/reference_cache.py on a small hand-written graph: what goes into the If, and that both of
+its branches give the graph's own outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from exporters.reference_cache import cache_reference_pass
+
+DEFAULT = np.array([[0.5, -1.0]], np.float32)
+
+
+def _model(with_default: bool = True) -> onnx.ModelProto:
+    """out = images @ w + relu(baselines @ w) + reshape(baselines); gap = images @ w - baselines @ w."""
+    nodes = [helper.make_node("MatMul", ["baselines", "w"], ["reference"]),
+             helper.make_node("Relu", ["reference"], ["reference_relu"]),  # stays outside: its input is returned
+             helper.make_node("Reshape", ["baselines", "shape"], ["flat"]),  # stays outside: reads the input
+             helper.make_node("MatMul", ["images", "w"], ["scores"]),
+             helper.make_node("Add", ["scores", "reference_relu"], ["partial"]),
+             helper.make_node("Add", ["partial", "flat"], ["out"]),
+             helper.make_node("Sub", ["scores", "reference"], ["gap"])]
+    initializers = [numpy_helper.from_array(np.array([[1.0, -2.0], [3.0, 0.5]], np.float32), "w"),
+                    numpy_helper.from_array(np.array([1, 2], np.int64), "shape")]
+    if with_default:
+        initializers.append(numpy_helper.from_array(DEFAULT, "baselines"))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 2]),
+                     helper.make_tensor_value_info("baselines", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2]) for n in ("out", "gap")], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_the_if_returns_the_reference_pass_and_both_branches_agree():
+    model = _model()
+    cached = cache_reference_pass(model)
+    onnx.checker.check_model(cached, full_check=True)
+    (branch,) = [n for n in cached.graph.node if n.op_type == "If"]
+    assert list(branch.output) == ["reference"]  # the ReLU and the reshape run outside, on one image
+    assert not any(n.output[0] == "reference" for n in cached.graph.node if n.op_type == "MatMul")
+    images = np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32)
+    for feeds in ({"images": images}, {"images": images, "baselines": DEFAULT},
+                  {"images": images, "baselines": np.array([[-2.0, 4.0]], np.float32)}):
+        for want, got in zip(_run(model, feeds), _run(cached, feeds), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_graph_without_a_default_baseline_is_left_as_it_is():
+    model = _model(with_default=False)
+    assert cache_reference_pass(model) is model

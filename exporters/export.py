@@ -12,10 +12,10 @@ import onnx
 import torch
 from torch import nn
 
+from exporters.default_inputs import cache_defaults
 from exporters.errors import ExportError, UnsupportedOpError
 from exporters.layers import ALL_CONV, conv_layers, pooled_classifier, resolve_layers
 from exporters.methods import CLASSIFIER, METHODS, RELEVANCE_FAMILY
-from exporters.reference_cache import cache_reference_pass
 from exporters.sampling import integration_rule
 from exporters.trace import FEATURE_SCORES, FeatureTarget, Sampling, Traced, frozen, targets_shape, trace
 from exporters.translations import TRANSLATIONS, check_index_readers
@@ -240,7 +240,7 @@ def _to_onnx(traced: Traced, counterfactual: bool) -> onnx.ModelProto:
     _set_default(proto, "counterfactual", np.array(counterfactual))
     for name, value in traced.extras.items():
         _set_default(proto, name, value.numpy())
-    return cache_reference_pass(proto)
+    return cache_defaults(proto)
 
 
 def _set_default(proto: onnx.ModelProto, name: str, value: np.ndarray) -> None:

@@ -72,8 +72,8 @@ def agreement_problem(name: str, got: np.ndarray, want: np.ndarray, spare: int =
 def validate(path: Path, traced: Traced, evaluations: dict[str, int] | None = None, seed: int = 0) -> dict[str, float]:
     """Run the file in ONNX Runtime (CPU, default optimisation level) and the traced graph in torch on
     one random batch; return each output's largest per-image error.  `evaluations`: method -> the
-    gradients its map averages, for the sampled methods.  A file with a `baselines` input is checked
-    with its default baseline (whose reference pass the file caches) and with another one.
+    gradients its map averages, for the sampled methods.  A file with a `baselines` or `seed` input is
+    checked at their defaults (whose work the file caches, see default_inputs.py) and at other values.
 
     Raises:
         ExportValidationError: an output has another shape, the logits or targets differ beyond RTOL, or
@@ -86,9 +86,10 @@ def validate(path: Path, traced: Traced, evaluations: dict[str, int] | None = No
     if traced.top_k > 1:
         targets[1:] = torch.arange(traced.top_k)
     feeds = {"images": images, "targets": targets, "counterfactual": torch.tensor(False), **traced.extras}
-    variants = [feeds]
-    if "baselines" in feeds:
-        variants.append({**feeds, "baselines": torch.randn(feeds["baselines"].shape, generator=gen) * 0.1})
+    others = {"baselines": lambda: torch.randn(feeds["baselines"].shape, generator=gen) * 0.1,
+              "seed": lambda: torch.tensor(12345, dtype=torch.int64)}
+    changed = {name: other() for name, other in others.items() if name in feeds}
+    variants = [feeds, {**feeds, **changed}] if changed else [feeds]
     explainer = Explainer(path, providers="cpu")  # as a server would open it: default level
     worst: dict[str, float] = {}
     for variant in variants:

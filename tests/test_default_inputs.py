@@ -1,4 +1,4 @@
-"""exporters/reference_cache.py on a small hand-written graph: what goes into the If, and that both of
+"""exporters/default_inputs.py on small hand-written graphs: what goes into the If, and that both of
 its branches give the graph's own outputs."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters.reference_cache import cache_reference_pass
+from exporters.default_inputs import cache_default, cache_defaults
 
 DEFAULT = np.array([[0.5, -1.0]], np.float32)
 
@@ -39,7 +39,7 @@ def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 
 def test_the_if_returns_the_reference_pass_and_both_branches_agree():
     model = _model()
-    cached = cache_reference_pass(model)
+    cached = cache_default(model, "baselines")
     onnx.checker.check_model(cached, full_check=True)
     (branch,) = [n for n in cached.graph.node if n.op_type == "If"]
     assert list(branch.output) == ["reference"]  # the ReLU and the reshape run outside, on one image
@@ -51,6 +51,28 @@ def test_the_if_returns_the_reference_pass_and_both_branches_agree():
             np.testing.assert_array_equal(got, want)
 
 
-def test_a_graph_without_a_default_baseline_is_left_as_it_is():
+def test_a_graph_without_a_default_is_left_as_it_is():
     model = _model(with_default=False)
-    assert cache_reference_pass(model) is model
+    assert cache_defaults(model) is model
+
+
+def test_an_integer_seed_and_its_draw():
+    """noise = cast(seed * 7 + [0, 1, 2]) * std: the draw is cached, the scaling by std stays outside."""
+    nodes = [helper.make_node("Mul", ["seed", "seven"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "index"], ["mixed"]),
+             helper.make_node("Cast", ["mixed"], ["draw"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["draw", "std"], ["noise"])]
+    initializers = [numpy_helper.from_array(np.array(7, np.int64), "seven"),
+                    numpy_helper.from_array(np.arange(3, dtype=np.int64), "index"),
+                    numpy_helper.from_array(np.array(0, np.int64), "seed")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("seed", TensorProto.INT64, []),
+                                           helper.make_tensor_value_info("std", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("noise", TensorProto.FLOAT, [3])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    cached = cache_defaults(model)
+    (branch,) = [n for n in cached.graph.node if n.op_type == "If"]
+    assert list(branch.output) == ["draw"]
+    std = np.array(0.5, np.float32)
+    for seed in (None, 0, 3, -5):
+        feeds = {"std": std} if seed is None else {"std": std, "seed": np.array(seed, np.int64)}
+        np.testing.assert_array_equal(_run(cached, feeds)[0], _run(model, feeds)[0])

@@ -9,8 +9,8 @@ pass as the gradient family:
   activation a, that is the plain gradient scaled by z / (z + eps sign z) at each such layer's output z,
   and the relevance at the input is image * g (captum's EpsilonRule; sign 0 counts as +1).
 - DeepLIFT, rescale rule: each ReLU passes the gradient times (relu(x) - relu(x')) / (x - x'), where x'
-  is the unit's input on the baseline (the plain gradient where |x - x'| < 1e-10); each max pool as
-  captum's maxpool rule.  Linear layers keep their gradient.
+  is the unit's input on the baseline (the plain gradient where x = x'; captum switches to it below
+  |x - x'| < 1e-10); each max pool as captum's maxpool rule.  Linear layers keep their gradient.
 
 The forward pass is instrumented per call site (module or functional, as the DESIGN asks), by a torch
 function mode, with identity-forward autograd functions whose backward applies the rule only while the
@@ -27,8 +27,12 @@ from torch.overrides import TorchFunctionMode
 from exporters.decompositions import COMPOSITES, aten
 from exporters.errors import UnsupportedOpError
 from exporters.rules import current_rule
+from exporters.translations import unpool_shared
 
-DEEPLIFT_EPS = 1e-10  # captum's: below this input change a unit keeps its plain gradient
+# 2^-126, the smallest normal float32: added to an input change, it is lost beside any |change| > 2^-101,
+# and a change of exactly 0 (an input equal to the reference) becomes it.  Not subnormal: a flush to zero
+# would not touch it.
+UNCHANGED = 2.0 ** -126
 _RELUS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 _ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__,
          torch.Tensor.__radd__}
@@ -85,20 +89,25 @@ class _RescaleReLU(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        ctx.save_for_backward(*inputs, output)
 
     @staticmethod
     def backward(ctx, grad):
-        x, reference = ctx.saved_tensors
+        x, reference, out = ctx.saved_tensors
         if current_rule() != "deeplift":  # the ReLU rules of the other methods (exporters.rules)
             return aten.threshold_backward(grad, x, 0), None
-        delta = x - reference
-        small = (delta.abs() < DEEPLIFT_EPS).to(x.dtype)
-        # Where the input hardly moved, (change + [x > 0]) / (delta + 1) is the plain gradient's [x > 0]:
-        # the denominator rounds to 1 and the change (under 1e-10) vanishes beside 1 or stays below 1e-10.
-        # One fraction instead of blending two (torch.where was 2 ms a ReLU at batch 8 in ONNX Runtime).
-        change = torch.relu(x) - torch.relu(reference) + small * (x > 0).to(x.dtype)
-        return grad * (change / (delta + small)), None
+        # Only the batch-sized terms are written out; [x' > 0] is x's own mask where x = x', and what reads
+        # only the reference is done at export for the default baseline (exporters.default_inputs).
+        fallback = (reference > 0).to(x.dtype) * UNCHANGED
+        return grad * (moved(out - torch.relu(reference), fallback) / moved(x - reference)), None
+
+
+def moved(change: torch.Tensor, fallback: torch.Tensor | float = UNCHANGED) -> torch.Tensor:
+    """change + fallback, fallback at most UNCHANGED: a rescale multiplier moved(dy) / moved(dx) is the
+    secant dy / dx wherever |dx| > 2^-101 (UNCHANGED rounds away beside it), and fallback / UNCHANGED
+    where dx is exactly 0 (dy is 0 there too).  Each pass is one Add on the batch, where captum's
+    threshold (|dx| < 1e-10: the plain gradient) took five (Abs, Less, Cast and the blend)."""
+    return change + fallback
 
 
 class _RescaleMaxPool(torch.autograd.Function):
@@ -121,12 +130,14 @@ class _RescaleMaxPool(torch.autograd.Function):
         out, unpool = _pool(x, ctx.pool)
         if current_rule() != "deeplift":
             return (unpool(grad),) + (None,) * 6
-        out_ref, unpool_ref = _pool(reference.expand_as(x), ctx.pool)
+        # The reference's pool on its one image, not on a copy per image: at the default baseline it is
+        # done at export.  The images share its indices (onnx_explain::unpool_shared).
+        out_ref, indices_ref = aten.max_pool2d_with_indices(reference, *ctx.pool)
         top = torch.maximum(out, out_ref)
-        spread = unpool(grad * (top - out_ref)) + unpool_ref(grad * (out - top))
-        delta = x - reference
-        small = (delta.abs() < DEEPLIFT_EPS).to(x.dtype)
-        return (small * unpool(grad) + (1 - small) * spread / (delta + small),) + (None,) * 6
+        # Where x = x', a position that is x's argmax gets (top - out_ref) = 0, the other term 0, so the
+        # fallback makes it the plain gradient there; other unchanged positions get nothing.
+        change = unpool(grad * moved(top - out_ref)) + unpool_shared(grad * (out - top), x, indices_ref)
+        return (change / moved(x - reference),) + (None,) * 6
 
 
 def _pool(x: torch.Tensor, pool):

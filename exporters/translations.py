@@ -82,6 +82,36 @@ def onnx_explain_active(self):
     return op.HardSigmoid(op.HardSigmoid(self, alpha=_STEEP, beta=0.0), alpha=_STEEP, beta=0.0)
 
 
+@torch.library.custom_op("onnx_explain::unpool_shared", mutates_args=())
+def unpool_shared(grad_output: torch.Tensor, self: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """max_pool2d_with_indices_backward of grad_output [N, C, h, w] into zeros like self [N, C, H, W], at
+    the indices [1, C, h, w] of one image's max pool (DeepLIFT's reference), shared by the N images."""
+    n, c = grad_output.shape[:2]
+    flat = torch.zeros_like(self).flatten(2)
+    return flat.scatter_add(2, indices.flatten(2).expand(n, c, -1), grad_output.flatten(2)).reshape(self.shape)
+
+
+@unpool_shared.register_fake
+def _(grad_output, self, indices):
+    return torch.empty_like(self)
+
+
+def onnx_explain_unpool_shared(grad_output, self, indices):
+    """onnx_explain::unpool_shared(Tensor grad_output, Tensor self, Tensor indices) -> Tensor
+
+    One scatter-add along each image's flattened [C * H * W]: ONNX MaxPool's whole-tensor indices of a
+    one-image pool are positions within an image, so the N images share them as they are.  Pooling the
+    reference once and sharing its indices replaced pooling a copy of it per image (an index-returning
+    MaxPool over the whole batch).
+    """
+    rows = op.Concat(op.Shape(self, start=0, end=1), op.Constant(value_ints=[-1]), axis=0)
+    zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), grad_output), op.Shape(self))
+    flat_grad = op.Reshape(grad_output, rows)
+    shared = op.Expand(op.Reshape(indices, op.Constant(value_ints=[1, -1])), op.Shape(flat_grad))
+    routed = op.ScatterElements(op.Reshape(zeros, rows), shared, flat_grad, axis=1, reduction="add")
+    return op.Reshape(routed, op.Shape(self))
+
+
 def _pair(v) -> list[int]:
     v = [int(i) for i in v] if isinstance(v, (list, tuple)) else [int(v)]
     return v * 2 if len(v) == 1 else v
@@ -91,7 +121,11 @@ TRANSLATIONS: dict[torch._ops.OpOverload, Callable] = {
     aten.max_pool2d_with_indices.default: aten_max_pool2d_with_indices,
     aten.max_pool2d_with_indices_backward.default: aten_max_pool2d_with_indices_backward,
     torch.ops.onnx_explain.active.default: onnx_explain_active,
+    torch.ops.onnx_explain.unpool_shared.default: onnx_explain_unpool_shared,
 }
+
+
+_INDEX_READERS = (aten.max_pool2d_with_indices_backward.default, torch.ops.onnx_explain.unpool_shared.default)
 
 
 def check_index_readers(graph: torch.fx.Graph) -> None:
@@ -103,7 +137,7 @@ def check_index_readers(graph: torch.fx.Graph) -> None:
             if item.target is not operator.getitem or item.args[1] != 1:
                 continue
             for reader in item.users:
-                if reader.target != aten.max_pool2d_with_indices_backward.default:
+                if reader.target not in _INDEX_READERS:
                     raise UnsupportedOpError(
                         f"the model reads max-pool indices ({reader.target}); only max pooling whose indices "
                         "serve its own backward pass can be exported (return_indices=True is not supported)")

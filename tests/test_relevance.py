@@ -180,16 +180,37 @@ def test_feature_targets_refuse_score_methods(tmp_path):
 
 
 def test_deeplift_rescale_slope_case_by_case():
-    """The ReLU's multiplier against captum's rule: the secant (relu(x) - relu(x')) / (x - x'), or the
-    plain gradient's [x > 0] where |x - x'| < 1e-10 (unchanged inputs above all, 0/0 otherwise)."""
-    from exporters.relevance import DEEPLIFT_EPS, _RescaleReLU
+    """The ReLU's multiplier: the secant (relu(x) - relu(x')) / (x - x') wherever the input moved, tiny
+    moves of either sign included (captum switches to the plain gradient below 1e-10), and the plain
+    gradient's [x > 0] where it did not (0/0 otherwise)."""
+    from exporters.relevance import _RescaleReLU
     from exporters.rules import relu_rule
 
-    x = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0, 0.0, 4e-11, -4e-11, 1e-3, 1.0])
-    ref = torch.tensor([2.0, -1.0, -0.5, 1.0, -3.0, 0.0, -3e-11, 3e-11, 1e-3 + 5e-11, -1.0])
+    x = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0, 0.0, 4e-11, -4e-11, 1e-3, 1.0, 2e-30, 0.7, -0.7])
+    ref = torch.tensor([2.0, -1.0, -0.5, 1.0, -3.0, 0.0, -3e-11, 3e-11, 1e-3 + 5e-11, -1.0, -1e-30, 0.7, -0.7])
     delta = x - ref
-    want = torch.where(delta.abs() < DEEPLIFT_EPS, (x > 0).float(), (torch.relu(x) - torch.relu(ref)) / delta)
+    want = torch.where(delta == 0, (x > 0).float(), (torch.relu(x) - torch.relu(ref)) / delta)
     leaf = x.clone().requires_grad_()
     with relu_rule("deeplift"):
         _RescaleReLU.apply(leaf, ref).sum().backward()
     torch.testing.assert_close(leaf.grad, want, rtol=1e-6, atol=1e-9)
+
+
+def test_deeplift_max_pool_rule_case_by_case():
+    """The max pool's rule against the eager reference's (tests/references._SecantMaxPool) on overlapping
+    3x3 / stride-2 windows, with ties and an image that equals the reference on half its positions."""
+    from exporters.relevance import _RescaleMaxPool
+    from exporters.rules import relu_rule
+
+    gen = torch.Generator().manual_seed(3)
+    ref = torch.randn(1, 2, 9, 9, generator=gen).round(decimals=1)  # rounded: ties within windows
+    x = torch.randn(2, 2, 9, 9, generator=gen).round(decimals=1)
+    x[:, :, :5] = ref[:, :, :5]
+    grad = torch.randn(2, 2, 4, 4, generator=gen)
+    pool = ([3, 3], [2, 2], [0, 0], [1, 1], False)
+    leaf = x.clone().requires_grad_()
+    with relu_rule("deeplift"):
+        (_RescaleMaxPool.apply(leaf, ref, *pool) * grad).sum().backward()
+    both = torch.cat([x, ref.expand_as(x)]).requires_grad_()
+    (references._SecantMaxPool.apply(both, pool[:2] + (0, 1, False))[:2] * grad).sum().backward()
+    torch.testing.assert_close(leaf.grad, both.grad[:2], rtol=1e-6, atol=1e-6)

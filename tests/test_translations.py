@@ -57,6 +57,37 @@ def test_max_pool_pair_matches_torch(case, tmp_path):
         np.testing.assert_allclose(g, t.numpy(), rtol=1e-6, atol=1e-6)
 
 
+class _SharedUnpool(torch.nn.Module):
+    """One image's max pool (the reference), its indices scattering the gradients of N images."""
+
+    pool = ([3, 3], [2, 2], [1, 1], [1, 1], False)
+
+    def forward(self, reference: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        _, indices = aten.max_pool2d_with_indices(reference, *self.pool)
+        return torch.ops.onnx_explain.unpool_shared(grad, x, indices)
+
+
+def test_shared_unpool_matches_torch_per_image(tmp_path):
+    """Against torch's own backward, image by image, with the reference's indices; ties included."""
+    gen = torch.Generator().manual_seed(1)
+    reference = torch.relu(torch.randn(1, 3, 11, 12, generator=gen))
+    x = torch.randn(4, 3, 11, 12, generator=gen)
+    grad = torch.randn(4, 3, 6, 6, generator=gen)
+    module = _SharedUnpool()
+    _, indices = aten.max_pool2d_with_indices(reference, *module.pool)
+    want = torch.cat([aten.max_pool2d_with_indices_backward(g[None], reference, *module.pool, indices)
+                      for g in grad])
+    torch.testing.assert_close(module(reference, x, grad), want)
+    path = tmp_path / "shared.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (reference, x, grad), str(path), dynamo=True, optimize=False, verbose=False,
+                          input_names=["reference", "x", "grad"], custom_translation_table=TRANSLATIONS)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"reference": reference.numpy(), "x": x.numpy(), "grad": grad.numpy()})
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-6)
+
+
 class _Active(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.onnx_explain.active(x)

@@ -38,10 +38,16 @@ from references import vit_reshape  # noqa: E402  (the reshape the parity tests 
 IG_STEPS, NOISE_SAMPLES = 32, 16  # the export defaults, and captum's runs on the same work
 
 
+# Each ONNX Runtime session (and torch) has its own thread pool, whose threads spin for a while after a
+# run.  On 2 cores they slowed the next session's runs: timed right after an explain graph, resnet18's
+# plain forward took 22.9 ms at batch 1 against 17.4 ms after a pause, which put every ratio 10-25% low
+# (and lrp_epsilon once below the saliency graph it contains).  So each timing starts after a pause.
+QUIET_S = 0.2
+
+
 def median_time(fn, repeats: int) -> float:
-    # One untimed run first: each ONNX Runtime session (and torch) has its own thread pool, whose threads
-    # spin for a while after a run and would slow the first run of the next one on a small machine.
-    fn()
+    time.sleep(QUIET_S)
+    fn()  # one untimed run: first-run allocations
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -99,11 +99,11 @@ class _RescaleReLU(torch.autograd.Function):
         # Only the batch-sized terms are written out; [x' > 0] is x's own mask where x = x', and what reads
         # only the reference is done at export for the default baseline (exporters.default_inputs).
         fallback = (reference > 0).to(x.dtype) * UNCHANGED
-        return grad * (moved(out - torch.relu(reference), fallback) / moved(x - reference)), None
+        return grad * (_moved(out - torch.relu(reference), fallback) / _moved(x - reference)), None
 
 
-def moved(change: torch.Tensor, fallback: torch.Tensor | float = UNCHANGED) -> torch.Tensor:
-    """change + fallback, fallback at most UNCHANGED: a rescale multiplier moved(dy) / moved(dx) is the
+def _moved(change: torch.Tensor, fallback: torch.Tensor | float = UNCHANGED) -> torch.Tensor:
+    """change + fallback, fallback at most UNCHANGED: a rescale multiplier _moved(dy) / _moved(dx) is the
     secant dy / dx wherever |dx| > 2^-101 (UNCHANGED rounds away beside it), and fallback / UNCHANGED
     where dx is exactly 0 (dy is 0 there too).  Each pass is one Add on the batch, where captum's
     threshold (|dx| < 1e-10: the plain gradient) took five (Abs, Less, Cast and the blend)."""
@@ -136,8 +136,8 @@ class _RescaleMaxPool(torch.autograd.Function):
         top = torch.maximum(out, out_ref)
         # Where x = x', a position that is x's argmax gets (top - out_ref) = 0, the other term 0, so the
         # fallback makes it the plain gradient there; other unchanged positions get nothing.
-        change = unpool(grad * moved(top - out_ref)) + unpool_shared(grad * (out - top), x, indices_ref)
-        return (change / moved(x - reference),) + (None,) * 6
+        change = unpool(grad * _moved(top - out_ref)) + unpool_shared(grad * (out - top), x, indices_ref)
+        return (change / _moved(x - reference),) + (None,) * 6
 
 
 def _pool(x: torch.Tensor, pool):

@@ -153,8 +153,8 @@ def _computing_branch(cone: list[onnx.NodeProto], names: list[str], types, prefi
 def _is_default(name: str, default: np.ndarray, p: str) -> list[onnx.NodeProto]:
     """is_default = max |input - default| == 0."""
     constants = {p + "default": default, p + "zero": np.zeros((), default.dtype)}
-    return [*(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
-              for name, value in constants.items()),
+    return [*(helper.make_node("Constant", [], [tensor], value=numpy_helper.from_array(value, tensor))
+              for tensor, value in constants.items()),
             helper.make_node("Sub", [name, p + "default"], [p + "difference"]),
             helper.make_node("Abs", [p + "difference"], [p + "distance"]),
             helper.make_node("ReduceMax", [p + "distance"], [p + "largest"], keepdims=0),

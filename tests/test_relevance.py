@@ -49,6 +49,41 @@ def test_lrp_epsilon_is_a_runtime_input(exported, model):
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_lrp_with_zero_epsilon_is_gradient_times_input(exported, model):
+    """LRP-0: every factor z / (z + 0) is 1, and 0 (not 0 / 0) where a layer's output is exactly 0, as
+    after a ReLU whose input was negative."""
+    e = exported(model)
+    x, t = _inputs(e)
+    got = e.explainer.explain(x, methods=["lrp_epsilon", "gradient_x_input"], targets=t, lrp_epsilon=0.0)
+    assert np.isfinite(got["lrp_epsilon"].raw).all()
+    assert per_image_errors(got["lrp_epsilon"].raw, got["gradient_x_input"].raw).max() <= 1e-5
+
+
+class _ChangedBeforeItsReLU(torch.nn.Module):
+    """A convolution's output changed in place between its stabiliser and its ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(144, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y.add_(0.5)
+        return self.fc(torch.relu(y).flatten(1))
+
+
+def test_lrp_relu_reads_a_layer_output_changed_in_place(tmp_path):
+    """The ReLU that takes its layer's stabiliser along reads a copy of the layer's output; after an
+    in-place change it must read the changed tensor instead (the forward pass stays the model's)."""
+    model = _ChangedBeforeItsReLU().eval()
+    export_explainer(model, tmp_path / "x.onnx", input_shape=(3, 8, 8), methods=["lrp_epsilon"])
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    got = Explainer(tmp_path / "x.onnx").explain(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(got.logits, model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_deeplift_sums_to_the_logit_change_from_any_baseline(exported, model):
     e = exported(model)
     x, t = _inputs(e)
@@ -183,7 +218,7 @@ def test_deeplift_rescale_slope_case_by_case():
     """The ReLU's multiplier: the secant (relu(x) - relu(x')) / (x - x') wherever the input moved, tiny
     moves of either sign included (captum switches to the plain gradient below 1e-10), and the plain
     gradient's [x > 0] where it did not (0/0 otherwise)."""
-    from exporters.relevance import _RescaleReLU
+    from exporters.relevance import _SiteReLU
     from exporters.rules import relu_rule
 
     x = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0, 0.0, 4e-11, -4e-11, 1e-3, 1.0, 2e-30, 0.7, -0.7])
@@ -192,7 +227,7 @@ def test_deeplift_rescale_slope_case_by_case():
     want = torch.where(delta == 0, (x > 0).float(), (torch.relu(x) - torch.relu(ref)) / delta)
     leaf = x.clone().requires_grad_()
     with relu_rule("deeplift"):
-        _RescaleReLU.apply(leaf, ref).sum().backward()
+        _SiteReLU.apply(leaf, ref, None).sum().backward()
     torch.testing.assert_close(leaf.grad, want, rtol=1e-6, atol=1e-9)
 
 

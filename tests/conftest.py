@@ -56,7 +56,13 @@ def _randomize_batchnorm(model: torch.nn.Module) -> None:
 
 
 class Exported:
-    """An exported model, its torch original, and an Explainer over the file."""
+    """An exported model, its torch original, and an Explainer over the file.
+
+    The export skips its own validation (torch against ONNX Runtime on random inputs, about a third of
+    each export's time): tests/test_parity.py compares every (model x method) of these files with its
+    reference, which is stricter, and validation itself is tested on the files of test_architectures.py,
+    test_vit.py, test_explainer.py and test_export_errors.py.
+    """
 
     def __init__(self, name: str, directory) -> None:
         from exporters import export_explainer
@@ -72,7 +78,7 @@ class Exported:
         self.path = directory / f"{name}.onnx"
         self.info = export_explainer(self.model, self.path, input_shape=(3, SIZE, SIZE), layers=[self.layer],
                                      methods=methods_for(name), class_names=classes, ig_steps=IG_STEPS,
-                                     noise_samples=NOISE_SAMPLES)
+                                     noise_samples=NOISE_SAMPLES, validate_export=False)
         self.explainer = Explainer(self.path, providers="cpu")  # ONNX Runtime's default optimisation level
 
 

@@ -13,6 +13,8 @@ reference activations, 9.6 MB for SmoothGrad's 16 noise draws).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -109,23 +111,57 @@ def _returned(graph: onnx.GraphProto, cone: list[onnx.NodeProto]) -> list[str]:
     return sorted(made & read)
 
 
+# Initializers above this size go to shape inference as dims alone and to the run below as fed inputs,
+# so neither serialises the weights (vgg11_bn's 0.5 GB: 32 of its 100 s export were spent so, twice).
+_LARGE_BYTES = 1 << 16
+
+
 def _types(proto: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    """The type of every tensor of proto, inferred from its large initializers' dims (not their data)."""
+    graph = proto.graph
+    light = helper.make_graph(graph.node, graph.name, graph.input, graph.output,
+                              [_dims_only(i) if _large(i) else i for i in graph.initializer])
+    model = helper.make_model(light, opset_imports=proto.opset_import, ir_version=proto.ir_version)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
     return {v.name: v.type for v in (*inferred.value_info, *inferred.input, *inferred.output)}
+
+
+def _large(tensor: onnx.TensorProto) -> bool:
+    # From the dims: len(raw_data) copies the data out, and ByteSize() took longer still.
+    return math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize > _LARGE_BYTES
+
+
+def _dims_only(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    return onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
 
 
 def _run(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], names: list[str], types, name: str,
          value: np.ndarray) -> list[np.ndarray]:
     """The values of `names` that `nodes` compute with input `name` at `value`, in ONNX Runtime on CPU."""
+    nodes = _needed(nodes, names)
     read = {i for n in nodes for i in n.input}
-    graph = helper.make_graph(nodes, "at_default", [i for i in proto.graph.input if i.name == name],
-                              [helper.make_value_info(n, types[n]) for n in names],
-                              [i for i in proto.graph.initializer if i.name in read and i.name != name])
+    weights = [i for i in proto.graph.initializer if i.name in read and i.name != name]
+    fed = {i.name: numpy_helper.to_array(i) for i in weights if _large(i)}
+    inputs = [i for i in proto.graph.input if i.name == name] + [
+        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in fed.items()]
+    graph = helper.make_graph(nodes, "at_default", inputs, [helper.make_value_info(n, types[n]) for n in names],
+                              [i for i in weights if i.name not in fed])
     model = helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(names, {name: value})
+    return session.run(names, {name: value, **fed})
+
+
+def _needed(nodes: list[onnx.NodeProto], names: list[str]) -> list[onnx.NodeProto]:
+    """The nodes that `names` depend on, in their order: the graph's constant setup holds every weight's
+    transform, and most are not the cone's."""
+    wanted, kept = set(names), []
+    for node in reversed(nodes):
+        if wanted & set(node.output):
+            kept.append(node)
+            wanted.update(node.input)
+    return kept[::-1]
 
 
 def _cached_branch(names: list[str], values: list[np.ndarray], types, prefix: str) -> onnx.GraphProto:

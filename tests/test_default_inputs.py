@@ -76,3 +76,27 @@ def test_an_integer_seed_and_its_draw():
     for seed in (None, 0, 3, -5):
         feeds = {"std": std} if seed is None else {"std": std, "seed": np.array(seed, np.int64)}
         np.testing.assert_array_equal(_run(cached, feeds)[0], _run(model, feeds)[0])
+
+
+def test_a_large_weight_gives_the_same_cache():
+    """A weight above the size that shape inference reads as dims alone and the cached run takes as a feed."""
+    from exporters.default_inputs import _LARGE_BYTES
+
+    width = _LARGE_BYTES // 8 + 1  # [2, width] float32 is over the bound
+    weight = np.random.default_rng(1).standard_normal((2, width)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["baselines", "w"], ["reference"]),
+             helper.make_node("MatMul", ["images", "w"], ["scores"]),
+             helper.make_node("Sub", ["scores", "reference"], ["gap"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 2]),
+                     helper.make_tensor_value_info("baselines", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("gap", TensorProto.FLOAT, ["N", width])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(DEFAULT, "baselines")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    cached = cache_default(model, "baselines")
+    (branch,) = [n for n in cached.graph.node if n.op_type == "If"]
+    (then_branch,) = [a.g for a in branch.attribute if a.name == "then_branch"]
+    np.testing.assert_allclose(numpy_helper.to_array(then_branch.node[0].attribute[0].t), DEFAULT @ weight, rtol=1e-6)
+    images = np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32)
+    for feeds in ({"images": images}, {"images": images, "baselines": np.array([[-2.0, 4.0]], np.float32)}):
+        np.testing.assert_array_equal(_run(cached, feeds)[0], _run(model, feeds)[0])

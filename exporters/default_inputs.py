@@ -20,6 +20,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from onnx_explain.onnx_builder import needed_nodes
+
 CACHED_INPUTS = ("baselines", "seed")
 # These stay outside the If when they read the input itself or tensors the If returns anyway, and only
 # the rest of the graph reads them: on one image they cost no more than copying their outputs out of the
@@ -49,7 +51,7 @@ def cache_default(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
     if not returned:
         return proto
     types = _types(proto)
-    cached = _run(proto, setup + cone, returned, types, name, default)
+    cached = _run(proto, returned, types, name, default)
     prefix = f"default_{name}/"
     branch = helper.make_node("If", [prefix + "is_default"], returned, name=prefix + "if",
                               then_branch=_cached_branch(returned, cached, types, prefix),
@@ -111,8 +113,8 @@ def _returned(graph: onnx.GraphProto, cone: list[onnx.NodeProto]) -> list[str]:
     return sorted(made & read)
 
 
-# Initializers above this size go to shape inference as dims alone and to the run below as fed inputs,
-# so neither serialises the weights (vgg11_bn's 0.5 GB: 32 of its 100 s export were spent so, twice).
+# Initializers above this size go to shape inference as dims alone and to the cached run as feeds, so
+# neither serialises the weights (vgg11_bn's 0.5 GB: that took 35 s of its export, over both inputs).
 _LARGE_BYTES = 1 << 16
 
 
@@ -135,10 +137,10 @@ def _dims_only(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
 
 
-def _run(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], names: list[str], types, name: str,
-         value: np.ndarray) -> list[np.ndarray]:
-    """The values of `names` that `nodes` compute with input `name` at `value`, in ONNX Runtime on CPU."""
-    nodes = _needed(nodes, names)
+def _run(proto: onnx.ModelProto, names: list[str], types, name: str, value: np.ndarray) -> list[np.ndarray]:
+    """The values of `names` with input `name` at `value`, in ONNX Runtime on CPU, from the nodes they
+    need alone: the graph's constant setup holds every weight's transform, and most are not theirs."""
+    nodes = needed_nodes(proto.graph, names, [name])
     read = {i for n in nodes for i in n.input}
     weights = [i for i in proto.graph.initializer if i.name in read and i.name != name]
     fed = {i.name: numpy_helper.to_array(i) for i in weights if _large(i)}
@@ -151,17 +153,6 @@ def _run(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], names: list[str], 
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(names, {name: value, **fed})
-
-
-def _needed(nodes: list[onnx.NodeProto], names: list[str]) -> list[onnx.NodeProto]:
-    """The nodes that `names` depend on, in their order: the graph's constant setup holds every weight's
-    transform, and most are not the cone's."""
-    wanted, kept = set(names), []
-    for node in reversed(nodes):
-        if wanted & set(node.output):
-            kept.append(node)
-            wanted.update(node.input)
-    return kept[::-1]
 
 
 def _cached_branch(names: list[str], values: list[np.ndarray], types, prefix: str) -> onnx.GraphProto:

@@ -91,6 +91,11 @@ def needed_inputs(graph: onnx.GraphProto, outputs: Sequence[str], bound: Sequenc
     return _needed(graph, outputs, bound)[1]
 
 
+def needed_nodes(graph: onnx.GraphProto, outputs: Sequence[str], bound: Sequence[str]) -> list[onnx.NodeProto]:
+    """The nodes that computing `outputs` runs, when the tensors in `bound` are given, in graph order."""
+    return _needed(graph, outputs, bound)[0]
+
+
 def _needed(graph: onnx.GraphProto, outputs: Sequence[str], bound) -> tuple[list[onnx.NodeProto], set[str]]:
     """The nodes between the bound tensors and the outputs, in graph order, and the graph inputs reached."""
     producers = {out: i for i, node in enumerate(graph.node) for out in node.output}

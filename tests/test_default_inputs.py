@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters.default_inputs import cache_default, cache_defaults
+from exporters.default_inputs import _LARGE_BYTES, cache_default, cache_defaults
 
 DEFAULT = np.array([[0.5, -1.0]], np.float32)
 
@@ -80,8 +80,6 @@ def test_an_integer_seed_and_its_draw():
 
 def test_a_large_weight_gives_the_same_cache():
     """A weight above the size that shape inference reads as dims alone and the cached run takes as a feed."""
-    from exporters.default_inputs import _LARGE_BYTES
-
     width = _LARGE_BYTES // 8 + 1  # [2, width] float32 is over the bound
     weight = np.random.default_rng(1).standard_normal((2, width)).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["baselines", "w"], ["reference"]),

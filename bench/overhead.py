@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from onnx_explain.exporters import GRADIENT_FAMILY, export_explainer
+from onnx_explain.exporters.models import load_model, token_grid
 
-from exporters import GRADIENT_FAMILY, export_explainer
-from exporters.models import load_model, token_grid
 from onnx_explain import Explainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -12,9 +12,8 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import torch
+from onnx_explain.exporters.errors import UnsupportedOpError
 from torch._decomp import core_aten_decompositions
-
-from exporters.errors import UnsupportedOpError
 
 aten = torch.ops.aten
 REGISTRY: dict[torch._ops.OpOverload, Callable] = {}  # ATen op -> its decomposition

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from onnx_explain.onnx_builder import needed_nodes
+from onnx_explain.core.graph import needed_nodes
 
 CACHED_INPUTS = ("baselines", "seed")
 # These stay outside the If when they read the input itself or tensors the If returns anyway, and only

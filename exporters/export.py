@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx_explain.exporters.default_inputs import cache_defaults
+from onnx_explain.exporters.errors import ExportError, UnsupportedOpError
+from onnx_explain.exporters.layers import ALL_CONV, conv_layers, pooled_classifier, resolve_layers
+from onnx_explain.exporters.methods import CLASSIFIER, METHODS, RELEVANCE_FAMILY
+from onnx_explain.exporters.sampling import integration_rule
+from onnx_explain.exporters.trace import FEATURE_SCORES, FeatureTarget, Sampling, Traced, frozen, targets_shape, trace
+from onnx_explain.exporters.translations import TRANSLATIONS, check_index_readers
+from onnx_explain.exporters.validate import validate
 from torch import nn
 
-from exporters.default_inputs import cache_defaults
-from exporters.errors import ExportError, UnsupportedOpError
-from exporters.layers import ALL_CONV, conv_layers, pooled_classifier, resolve_layers
-from exporters.methods import CLASSIFIER, METHODS, RELEVANCE_FAMILY
-from exporters.sampling import integration_rule
-from exporters.trace import FEATURE_SCORES, FeatureTarget, Sampling, Traced, frozen, targets_shape, trace
-from exporters.translations import TRANSLATIONS, check_index_readers
-from exporters.validate import validate
 from onnx_explain import __version__
-from onnx_explain.inputs import check_baselines, check_scalar
-from onnx_explain.metadata import GraphInfo, MapOutputs, write_info
+from onnx_explain.core.inputs import check_baselines, check_scalar
+from onnx_explain.core.metadata import GraphInfo, MapOutputs, write_info
 
 
 class _Joint(nn.Module):
@@ -68,7 +68,7 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         input_shape: [C, H, W] of one image.
         layers: module names (as in model.named_modules()) for the layer methods (the CAM family), or
             "all-conv" for the output of every convolution.
-        methods: names from exporters.METHODS.
+        methods: names from onnx_explain.exporters.METHODS.
         class_names: optional, one per logit; stored in the file.
         counterfactual: the default of the file's `counterfactual` input: CAM-family maps of the regions
             that argue against the class (the gradient at the layer with its sign flipped).
@@ -99,7 +99,7 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         ExportValidationError: ONNX Runtime disagrees with torch.
 
     Example:
-        >>> from models.shapenet import load_shapenet
+        >>> from onnx_explain.models.shapenet import load_shapenet
         >>> export_explainer(load_shapenet(), "shapenet.onnx", input_shape=(3, 64, 64), layers=["features"])
     """
     chosen = _check_methods(methods)

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from exporters.rules import RULES
+from onnx_explain.exporters.rules import RULES
 
 EPS = 1e-7  # the same stabiliser pytorch-grad-cam's scale_cam_image uses
 CLASSIFIER = "classifier"  # a layer "rule": the classifier's weights of the target class instead of a gradient
@@ -156,7 +155,7 @@ def gradient_x_input(x: HeadInputs):
 
 @method("lrp_epsilon", at="input", input_rule="lrp", delta=True)
 def lrp_epsilon(x: HeadInputs):
-    """Bach et al., the epsilon rule (exporters.relevance): the input times its LRP-modified gradient;
+    """Bach et al., the epsilon rule (onnx_explain.exporters.relevance): the input times its LRP-modified gradient;
     the relevances sum to the target's logit."""
     raw = x.input_grad * x.images
     return raw, _relevance_heatmap(raw), _total(raw) - x.scores

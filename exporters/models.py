@@ -17,8 +17,8 @@ def load_model(spec: str) -> tuple[nn.Module, tuple[int, int, int], list[str], l
     """(model, input shape, default CAM layers, class names) for 'shapenet', a torchvision model name
     (random weights: nothing is downloaded) or a file written by torch.save(model)."""
     if spec == "shapenet":
-        from models.shapenet import INPUT_SHAPE, TARGET_LAYER, load_shapenet
-        from models.shapes import CLASSES
+        from onnx_explain.models.shapenet import INPUT_SHAPE, TARGET_LAYER, load_shapenet
+        from onnx_explain.models.shapes import CLASSES
 
         return load_shapenet(), INPUT_SHAPE, [TARGET_LAYER], list(CLASSES)
     path = Path(spec)

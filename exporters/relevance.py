@@ -14,7 +14,7 @@ pass as the gradient family:
 
 The forward pass is instrumented per call site (module or functional, as the DESIGN asks), by a torch
 function mode, with identity-forward autograd functions whose backward applies the rule only while the
-method's own backward pass is traced (exporters.rules.current_rule); the other methods' backward passes
+method's own backward pass is traced (onnx_explain.exporters.rules.current_rule); the other methods' backward passes
 through the same forward stay as they were.
 """
 
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from onnx_explain.exporters.decompositions import COMPOSITES, aten
+from onnx_explain.exporters.errors import UnsupportedOpError
+from onnx_explain.exporters.rules import current_rule
+from onnx_explain.exporters.translations import unpool_shared
 from torch.overrides import TorchFunctionMode
-
-from exporters.decompositions import COMPOSITES, aten
-from exporters.errors import UnsupportedOpError
-from exporters.rules import current_rule
-from exporters.translations import unpool_shared
 
 # 2^-126, the smallest normal float32: added to an input change, it is lost beside any |change| > 2^-101,
 # and a change of exactly 0 (an input equal to the reference) becomes it.  Not subnormal: a flush to zero
@@ -82,7 +81,7 @@ class _Stabilised(torch.autograd.Function):
 
 class _SiteReLU(torch.autograd.Function):
     """relu(x) at a call site, with the relevance methods' backward rules (the other methods' ReLU rules
-    otherwise, exporters.rules).
+    otherwise, onnx_explain.exporters.rules).
 
     DeepLIFT (given the reference input x'): the gradient times the rescale multiplier.
     LRP (given epsilon, where x is a layer output that LRP stabilises): the gradient times
@@ -105,7 +104,7 @@ class _SiteReLU(torch.autograd.Function):
         rule = current_rule()
         if rule == "deeplift" and reference is not None:
             # Only the batch-sized terms are written out; [x' > 0] is x's own mask where x = x', and what
-            # reads only the reference is done at export for the default baseline (exporters.default_inputs).
+            # reads only the reference is done at export for the default baseline (default_inputs.py).
             fallback = (reference > 0).to(x.dtype) * UNCHANGED
             return grad * (_moved(out - torch.relu(reference), fallback) / _moved(x - reference)), None, None
         if rule == "lrp" and epsilon is not None:

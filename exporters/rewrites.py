@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import operator
 
+import onnx_explain.exporters.translations  # noqa: F401  (registers onnx_explain::active)
 import torch
-
-import exporters.translations  # noqa: F401  (registers onnx_explain::active)
-from exporters.decompositions import aten
+from onnx_explain.exporters.decompositions import aten
 
 _POOL_BACKWARD = aten.max_pool2d_with_indices_backward.default
 _MUL = aten.mul.Tensor

@@ -14,12 +14,11 @@ import contextvars
 from collections.abc import Iterator
 
 import torch
+from onnx_explain.exporters.decompositions import aten, register
+from onnx_explain.exporters.errors import UnsupportedOpError
+from onnx_explain.exporters.translations import active
 
-from exporters.decompositions import aten, register
-from exporters.errors import UnsupportedOpError
-from exporters.translations import active
-
-# lrp and deeplift keep autograd's ReLU gradient here: their rules live at call sites (exporters.relevance),
+# lrp and deeplift keep autograd's ReLU gradient here: their rules live at call sites (relevance.py),
 # which read current_rule() too.
 RULES = ("plain", "guided", "deconvnet", "lrp", "deeplift")
 _rule: contextvars.ContextVar[str] = contextvars.ContextVar("relu_rule", default="plain")
@@ -53,7 +52,7 @@ def aten_threshold_backward(grad_output, self, threshold):
     rule = _rule.get()
     if rule == "deeplift":
         raise UnsupportedOpError("DeepLIFT met a ReLU it did not pair with its reference (a ReLU called in a "
-                                 "way exporters.relevance.CallSites does not intercept)")
+                                 "way onnx_explain.exporters.relevance.CallSites does not intercept)")
     if rule == "deconvnet":
         return torch.relu(grad_output)
     if rule == "guided":

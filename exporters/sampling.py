@@ -59,7 +59,7 @@ def weighted_sum(grads: torch.Tensor, weights: list[float]) -> torch.Tensor:
 
 def _along(values: list[float], like: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
     """The values laid along `dim` of a rank-`rank` tensor, built from arange so that they survive export
-    as constants (see exporters.decompositions._pool_extents), which ONNX Runtime folds at load."""
+    as constants (see onnx_explain.exporters.decompositions._pool_extents), which ONNX Runtime folds at load."""
     steps = torch.arange(len(values), dtype=like.dtype)
     column = sum(((steps == i).to(like.dtype) * v for i, v in enumerate(values)), torch.zeros_like(steps))
     return column.reshape([len(values) if d == dim else 1 for d in range(rank)])

@@ -8,22 +8,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from onnx_explain.exporters.decompositions import aten, decomposition_table, linear_everywhere
+from onnx_explain.exporters.errors import UnsupportedOpError
+from onnx_explain.exporters.layers import LayerInfo
+from onnx_explain.exporters.methods import CLASSIFIER, HeadInputs, Method, Sampler
+from onnx_explain.exporters.pruning import on_read_token
+from onnx_explain.exporters.relevance import RULED_OPS, CallSites, check_ops
+from onnx_explain.exporters.rewrites import factors_before_pool_routing
+from onnx_explain.exporters.rules import relu_rule
+from onnx_explain.exporters.sampling import integration_rule, noisy, on_path, weighted_sum
 from torch import nn
 from torch._dynamo.source import ConstantSource
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from exporters.decompositions import aten, decomposition_table, linear_everywhere
-from exporters.errors import UnsupportedOpError
-from exporters.layers import LayerInfo
-from exporters.methods import CLASSIFIER, HeadInputs, Method, Sampler
-from exporters.pruning import on_read_token
-from exporters.relevance import RULED_OPS, CallSites, check_ops
-from exporters.rewrites import factors_before_pool_routing
-from exporters.rules import relu_rule
-from exporters.sampling import integration_rule, noisy, on_path, weighted_sum
 
 
 @dataclass
@@ -95,7 +94,7 @@ class FeatureTarget:
 
 
 # The optional graph inputs, in the order the graph takes them, with their example values; each has a
-# default (exporters.export), so callers may leave it out.
+# default (onnx_explain.exporters.export), so callers may leave it out.
 EXTRA_INPUTS = ("baselines", "seed", "noise_std", "lrp_epsilon")
 
 
@@ -139,7 +138,7 @@ def joint_function(model: nn.Module, input_shape: Sequence[int], methods: Sequen
     names, in that order.  `classifier` names the weight of the linear layer whose rows are CAM's class
     weights.  With top_k > 1, targets are [N, k] and every map gets a k axis after N.  With a feature
     target, the score is a channel of that layer instead of a logit (input methods only).  The model runs
-    as exporters.pruning leaves it: a transformer's last layers on the token its head reads."""
+    as onnx_explain.exporters.pruning leaves it: a transformer's last layers on the token its head reads."""
     at_images = [m for m in methods if m.sampler is None]
     input_rules = {m.input_rule for m in at_images} - {None}
     layer_rules = {m.layer_rule for m in at_images} - {None, CLASSIFIER}

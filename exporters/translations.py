@@ -13,9 +13,8 @@ import operator
 from collections.abc import Callable, Sequence
 
 import torch
+from onnx_explain.exporters.errors import UnsupportedOpError
 from onnxscript import opset20 as op
-
-from exporters.errors import UnsupportedOpError
 
 aten = torch.ops.aten
 
@@ -76,7 +75,7 @@ def onnx_explain_active(self):
     Two HardSigmoid(alpha=2^127, beta=0), exactly (self > 0) for every self >= 0, including subnormals
     and inf.  ONNX Runtime runs activations on its blocked NCHWc layout in place; Greater and Cast have no
     NCHWc kernels, so the comparison made it move the forward activation and the backward gradient out of
-    that layout and back at every ReLU (with exporters.decompositions._blocked, resnet50's saliency
+    that layout and back at every ReLU (with onnx_explain.exporters.decompositions._blocked, resnet50's saliency
     graph went from 141 reorders, 9% of its time at batch 8, to 16).
     """
     return op.HardSigmoid(op.HardSigmoid(self, alpha=_STEEP, beta=0.0), alpha=_STEEP, beta=0.0)

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from onnx_explain.exporters.errors import ExportValidationError
+from onnx_explain.exporters.trace import Traced, targets_shape
 
-from exporters.errors import ExportValidationError
-from exporters.trace import Traced, targets_shape
-from onnx_explain.explainer import Explainer
+from onnx_explain.runtime.explainer import Explainer
 
 VALIDATION_BATCH = 8  # differs from the trace batch, so a batch size baked into the graph is caught
 RTOL = 1e-4  # of each image's largest magnitude in the reference

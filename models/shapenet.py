@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from onnx_explain.models.shapes import CLASSES, IMAGE_SIZE
 from torch import nn
-
-from models.shapes import CLASSES, IMAGE_SIZE
 
 WEIGHTS = Path(__file__).with_name("shapenet.pt")
 # The last convolutional block: the layer the demo and the tests explain with Grad-CAM.

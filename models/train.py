@@ -1,4 +1,4 @@
-"""Reproduce models/shapenet.pt: python -m models.train  (about 5 minutes on 2 CPU cores)."""
+"""Reproduce models/shapenet.pt: python -m onnx_explain.models.train  (about 5 minutes on 2 CPU cores)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import torch
+from onnx_explain.models.shapenet import WEIGHTS, ShapeNet
+from onnx_explain.models.shapes import CLASSES, TEST_SEED, TRAIN_SEED, make_shapes
 from torch import nn
-
-from models.shapenet import WEIGHTS, ShapeNet
-from models.shapes import CLASSES, TEST_SEED, TRAIN_SEED, make_shapes
 
 
 def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:

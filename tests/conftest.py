@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from exporters import METHODS, RELEVANCE_FAMILY
+from onnx_explain.exporters import METHODS, RELEVANCE_FAMILY
 
 SIZE = 64  # small inputs keep the suite fast; every tested architecture still downsamples to >= 2x2
 PARITY_MODELS = ["resnet18", "vgg11_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0",
@@ -35,7 +34,7 @@ def methods_for(model: str) -> list[str]:
 def make_model(name: str) -> torch.nn.Module:
     """A seeded, randomly initialised model in eval mode (nothing is downloaded)."""
     if name == "shapenet":
-        from models.shapenet import load_shapenet
+        from onnx_explain.models.shapenet import load_shapenet
 
         return load_shapenet()
     import torchvision
@@ -65,10 +64,11 @@ class Exported:
     """
 
     def __init__(self, name: str, directory) -> None:
-        from exporters import export_explainer
-        from exporters.models import default_layer
-        from models.shapenet import TARGET_LAYER
-        from models.shapes import CLASSES
+        from onnx_explain.exporters import export_explainer
+        from onnx_explain.exporters.models import default_layer
+        from onnx_explain.models.shapenet import TARGET_LAYER
+        from onnx_explain.models.shapes import CLASSES
+
         from onnx_explain import Explainer
 
         self.name, self.model = name, make_model(name)

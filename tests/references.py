@@ -262,12 +262,11 @@ def integrated_gradients(model, images: np.ndarray, targets: np.ndarray, baselin
 def noise_tunnel(kind: str, base: str, model, images: np.ndarray, targets: np.ndarray, samples: int,
                  noise_std: float, seed: int = 0, **ig) -> np.ndarray:
     """captum NoiseTunnel over Saliency (signed), GuidedBackprop or IntegratedGradients, handed the noise
-    the graph draws from `seed` (exporters.sampling.standard_normal) in place of torch.normal's."""
+    the graph draws from `seed` (onnx_explain.exporters.sampling.standard_normal) in place of torch.normal's."""
     from unittest import mock
 
     from captum.attr import GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
-
-    from exporters.sampling import standard_normal
+    from onnx_explain.exporters.sampling import standard_normal
 
     n, *shape = images.shape
     noise = standard_normal(torch.tensor(seed), (samples, *shape)).expand(n, samples, *shape).flatten(0, 1)

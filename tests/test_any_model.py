@@ -218,7 +218,7 @@ def test_bad_models_and_inputs_get_clear_errors(nets, tmp_path):
 
 def test_command_line_on_an_nhwc_model(tmp_path, capsys):
     from onnx_explain.cli import main
-    from onnx_explain.render import save_png, to_rgb8
+    from onnx_explain.render.drawing import save_png, to_rgb8
 
     onnx.save(handmade("NHWC"), tmp_path / "nhwc.onnx")
     save_png(tmp_path / "a.png", to_rgb8(images(1, 20)[0]))

@@ -9,8 +9,7 @@ import pytest
 import references
 import torch
 from conftest import images
-
-from exporters.validate import agreement_problem
+from onnx_explain.exporters.validate import agreement_problem
 
 MORE_MODELS = ["vgg11"]
 

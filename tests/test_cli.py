@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from models.shapes import TEST_SEED, make_shapes
+from onnx_explain.models.shapes import TEST_SEED, make_shapes
+
 from onnx_explain.cli import main
-from onnx_explain.render import save_png, to_rgb8
+from onnx_explain.render.drawing import save_png, to_rgb8
 
 
 def test_demo_writes_page_and_scores(tmp_path, capsys):

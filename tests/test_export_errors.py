@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx_explain.exporters import LayerNotFoundError, UnsupportedOpError, export_explainer
 from torch import nn
 
-from exporters import LayerNotFoundError, UnsupportedOpError, export_explainer
-from onnx_explain.metadata import read_info
+from onnx_explain.core.metadata import read_info
 
 
 def _tiny() -> nn.Module:
@@ -121,7 +121,7 @@ def test_op_without_derivative_is_named_with_its_module(tmp_path):
 
 
 def test_validation_spares_one_image_but_not_a_wrong_graph():
-    from exporters.validate import agreement_problem
+    from onnx_explain.exporters.validate import agreement_problem
 
     want = np.ones((8, 5), np.float32)
     one_off, two_off, all_moved = want.copy(), want.copy(), want * 1.001
@@ -134,7 +134,7 @@ def test_validation_spares_one_image_but_not_a_wrong_graph():
 
 
 def test_validation_of_averaged_maps_allows_kinks_in_every_image_but_not_a_wrong_weight():
-    from exporters.validate import agreement_problem
+    from onnx_explain.exporters.validate import agreement_problem
 
     want = np.ones((8, 5), np.float32)
     each_moved_a_little = want * (1 + 2e-3)  # a few of 32 path steps moved at a kink, in every image

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from exporters.methods import normalize, upsample
+from onnx_explain.exporters.methods import normalize, upsample
 
 
 @pytest.mark.parametrize(("h", "w", "out_h", "out_w"), [(7, 7, 224, 224), (2, 2, 64, 64), (5, 3, 17, 30),

@@ -18,10 +18,9 @@ import pytest
 import references
 import torch
 from conftest import IG_STEPS, NOISE_SAMPLES, PARITY_MODELS, images, methods_for
-
-from exporters import METHODS
-from exporters.methods import NOISE_BASES, NOISE_REDUCTIONS
-from exporters.validate import KINK_RTOL, RTOL, exact_tolerance, per_image_errors
+from onnx_explain.exporters import METHODS
+from onnx_explain.exporters.methods import NOISE_BASES, NOISE_REDUCTIONS
+from onnx_explain.exporters.validate import KINK_RTOL, RTOL, exact_tolerance, per_image_errors
 
 EXACT_SHARE = 0.5
 # The ig_* SmoothGrad variants average gradients at S x m points (4 x 8 here); each point, like each

@@ -8,11 +8,11 @@ import pytest
 import references
 import torch
 from conftest import IG_STEPS, NOISE_SAMPLES, images
+from onnx_explain.exporters import export_explainer
+from onnx_explain.exporters.errors import UnsupportedOpError
+from onnx_explain.exporters.sampling import INTEGRATION_METHODS, integration_rule
+from onnx_explain.exporters.validate import RTOL, per_image_errors
 
-from exporters import export_explainer
-from exporters.errors import UnsupportedOpError
-from exporters.sampling import INTEGRATION_METHODS, integration_rule
-from exporters.validate import RTOL, per_image_errors
 from onnx_explain import Explainer
 
 MODELS = ["shapenet", "resnet18"]
@@ -218,8 +218,8 @@ def test_deeplift_rescale_slope_case_by_case():
     """The ReLU's multiplier: the secant (relu(x) - relu(x')) / (x - x') wherever the input moved, tiny
     moves of either sign included (captum switches to the plain gradient below 1e-10), and the plain
     gradient's [x > 0] where it did not (0/0 otherwise)."""
-    from exporters.relevance import _SiteReLU
-    from exporters.rules import relu_rule
+    from onnx_explain.exporters.relevance import _SiteReLU
+    from onnx_explain.exporters.rules import relu_rule
 
     x = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0, 0.0, 4e-11, -4e-11, 1e-3, 1.0, 2e-30, 0.7, -0.7])
     ref = torch.tensor([2.0, -1.0, -0.5, 1.0, -3.0, 0.0, -3e-11, 3e-11, 1e-3 + 5e-11, -1.0, -1e-30, 0.7, -0.7])
@@ -234,8 +234,8 @@ def test_deeplift_rescale_slope_case_by_case():
 def test_deeplift_max_pool_rule_case_by_case():
     """The max pool's rule against the eager reference's (tests/references._SecantMaxPool) on overlapping
     3x3 / stride-2 windows, with ties and an image that equals the reference on half its positions."""
-    from exporters.relevance import _RescaleMaxPool
-    from exporters.rules import relu_rule
+    from onnx_explain.exporters.relevance import _RescaleMaxPool
+    from onnx_explain.exporters.rules import relu_rule
 
     gen = torch.Generator().manual_seed(3)
     ref = torch.randn(1, 2, 9, 9, generator=gen).round(decimals=1)  # rounded: ties within windows

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from onnx_explain.exporters.decompositions import aten
+from onnx_explain.exporters.rewrites import factors_before_pool_routing
+from onnx_explain.exporters.translations import active
 from torch.fx.experimental.proxy_tensor import make_fx
-
-from exporters.decompositions import aten
-from exporters.rewrites import factors_before_pool_routing
-from exporters.translations import active
 
 POOL = ([3, 3], [2, 2], [1, 1], [1, 1], False)
 

@@ -8,9 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
-from exporters.errors import UnsupportedOpError
-from exporters.translations import TRANSLATIONS, aten, check_index_readers
+from onnx_explain.exporters.errors import UnsupportedOpError
+from onnx_explain.exporters.translations import TRANSLATIONS, aten, check_index_readers
 
 
 class _PoolRoundTrip(torch.nn.Module):

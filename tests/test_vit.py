@@ -12,12 +12,12 @@ import pytest
 import references
 import torch
 from conftest import SIZE, images
+from onnx_explain.exporters import export_explainer
+from onnx_explain.exporters.errors import LayerNotFoundError
+from onnx_explain.exporters.pruning import on_read_token
+from onnx_explain.exporters.validate import agreement_problem
 from torchvision.models.vision_transformer import VisionTransformer
 
-from exporters import export_explainer
-from exporters.errors import LayerNotFoundError
-from exporters.pruning import on_read_token
-from exporters.validate import agreement_problem
 from onnx_explain import Explainer
 
 LAYER = "encoder.layers.encoder_layer_1.ln_1"  # pytorch-grad-cam's example: the last block's first norm
@@ -87,9 +87,10 @@ def test_cam_refuses_the_class_token_head(tmp_path):
 
 
 def test_command_line_exports_and_explains_a_token_layer(tmp_path, capsys):
-    from models.shapes import TEST_SEED, make_shapes
+    from onnx_explain.models.shapes import TEST_SEED, make_shapes
+
     from onnx_explain.cli import main
-    from onnx_explain.render import save_png, to_rgb8
+    from onnx_explain.render.drawing import save_png, to_rgb8
 
     saved, model = tmp_path / "vit.pt", tmp_path / "vit.onnx"
     torch.save(small_vit(), saved)
@@ -101,7 +102,7 @@ def test_command_line_exports_and_explains_a_token_layer(tmp_path, capsys):
 
 
 def test_torchvision_vit_defaults():
-    from exporters.models import load_model, token_grid
+    from onnx_explain.exporters.models import load_model, token_grid
 
     model, shape, layers, _ = load_model("vit_b_16")
     assert (shape, layers, token_grid(model)) == ((3, 224, 224), ["encoder.layers.encoder_layer_11.ln_1"], (14, 14))

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_explain.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
-from onnx_explain.classifier import LAYOUTS, Classifier, classifier, resolve_layer
-from onnx_explain.onnx_builder import Builder, needed_inputs, value
-from onnx_explain.result import cam_heatmaps
-from onnx_explain.scoring import (
+from onnx_explain.core.graph import Builder, needed_inputs, value
+from onnx_explain.core.result import cam_heatmaps
+from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
+from onnx_explain.perturbation.classifier import LAYOUTS, Classifier, classifier, resolve_layer
+from onnx_explain.perturbation.scoring import (
     Attribution,
     check_batch,
     check_score,
@@ -38,7 +38,7 @@ def eigencam(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarra
     principal direction, by numpy's SVD as pytorch-grad-cam's EigenCAM (same sign).  Class-agnostic.
 
     Args:
-        model: a path, an onnx.ModelProto or onnx_explain.classifier(...).
+        model: a path, an onnx.ModelProto or onnx_explain.perturbation.classifier(...).
         images: float32 [N, C, H, W] or [N, H, W, C], as the model takes them.
         layer: a tensor name (onnx_explain.layer_tensors lists them) or, for files written by
             torch.onnx.export, the torch module whose output it is ("layer4").

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_explain import cli_models
-from onnx_explain.explainer import Explainer
-from onnx_explain.progress import progress
-from onnx_explain.render import load_image, normalized, overlay, save_png, to_rgb8
+from onnx_explain.cli import perturbation as cli_models
+from onnx_explain.core.progress import progress
+from onnx_explain.render.drawing import load_image, normalized, overlay, save_png, to_rgb8
+from onnx_explain.runtime.explainer import Explainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in cli_models.COMMANDS:
             cli_models.run(args)
         elif args.command == "demo":
-            from onnx_explain.demo import run_demo
+            from onnx_explain.cli.demo import run_demo
 
             run_demo(args.out, n_show=args.images, n_score=args.score_images)
         elif args.command == "export":
@@ -91,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from exporters import GRADIENT_FAMILY, export_explainer
-    from exporters.models import load_model, token_grid
+    from onnx_explain.exporters import GRADIENT_FAMILY, export_explainer
+    from onnx_explain.exporters.models import load_model, token_grid
 
     model, default_shape, default_layers, class_names = load_model(args.model)
     layers = args.layers if args.layers is not None else default_layers

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_explain.explainer import Explainer
-from onnx_explain.progress import progress
+from onnx_explain.core.progress import progress
+from onnx_explain.runtime.explainer import Explainer
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from onnx import TensorProto
 
-from onnx_explain.classifier import Classifier
-from onnx_explain.onnx_builder import Builder, inline, value
+from onnx_explain.core.graph import Builder, inline, value
+from onnx_explain.perturbation.classifier import Classifier
 
 DEFAULT_BATCH = 32  # images per model run: a bound on memory, and enough to keep the CPU kernels busy
 

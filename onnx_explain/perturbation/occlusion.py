@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_explain.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
-from onnx_explain.classifier import Classifier, classifier
-from onnx_explain.onnx_builder import Builder, value
-from onnx_explain.scoring import (
+from onnx_explain.core.graph import Builder, value
+from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
+from onnx_explain.perturbation.classifier import Classifier, classifier
+from onnx_explain.perturbation.scoring import (
     Attribution,
     check_batch,
     check_score,
@@ -43,7 +43,7 @@ def occlusion(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarr
     target's score is recorded, as captum's `Occlusion` does.
 
     Args:
-        model: a path, an onnx.ModelProto, or onnx_explain.classifier(...) (which also caches the session).
+        model: a path, an onnx.ModelProto, or onnx_explain.perturbation.classifier(...) (which also caches the session).
         images: float32 [N, C, H, W] or [N, H, W, C], as the model takes them.
         window, stride: in pixels, one int or (height, width).
         baseline: a constant, "mean" (each image's mean colour) or "blur" (a Gaussian blur of the

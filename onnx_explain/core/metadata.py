@@ -71,7 +71,7 @@ def read_info(model: onnx.ModelProto, source: str) -> GraphInfo:
     if KEY not in props:
         raise ValueError(
             f"{source} is an ONNX model but not an onnx-explain explanation graph (no {KEY!r} metadata); "
-            "export one with exporters.export_explainer or `onnx-explain export`")
+            "export one with onnx_explain.exporters.export_explainer or `onnx-explain export`")
     try:
         return GraphInfo.from_json(props[KEY])
     except (KeyError, TypeError, json.JSONDecodeError) as e:

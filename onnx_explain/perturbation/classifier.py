@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 from onnx import shape_inference, version_converter
 
-from onnx_explain.onnx_builder import OPSET
+from onnx_explain.core.graph import OPSET
 
 LAYOUTS = ("NCHW", "NHWC")
 

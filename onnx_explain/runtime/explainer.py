@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_explain.inputs import check_baselines, check_images, check_scalar, check_targets
-from onnx_explain.metadata import GraphInfo, read_info
-from onnx_explain.providers import resolve_providers
-from onnx_explain.result import Explanation, Map
+from onnx_explain.core.inputs import check_baselines, check_images, check_scalar, check_targets
+from onnx_explain.core.metadata import GraphInfo, read_info
+from onnx_explain.core.providers import resolve_providers
+from onnx_explain.core.result import Explanation, Map
 
 # Images per graph run: 32-step integrated gradients runs one image at a time (1.4 GB peak for 8 resnet18
 # images at 224x224, 4.3 GB in one run), a gradient map 64; on 2 CPU cores a run of 32 images or more
@@ -21,7 +21,7 @@ MAX_IMAGES_PER_RUN = 64
 
 
 class Explainer:
-    """Computes logits and maps from a file written by exporters.export_explainer, without torch.
+    """Computes logits and maps from a file written by onnx_explain.exporters.export_explainer, without torch.
 
     Args:
         path: the exported .onnx file.

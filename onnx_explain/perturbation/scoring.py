@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_explain.batching import merge_leading, run_model
-from onnx_explain.classifier import Classifier
-from onnx_explain.inputs import check_images, check_targets
-from onnx_explain.onnx_builder import OPSET, Builder, value
-from onnx_explain.providers import resolve_providers
+from onnx_explain.core.graph import OPSET, Builder, value
+from onnx_explain.core.inputs import check_images, check_targets
+from onnx_explain.core.providers import resolve_providers
+from onnx_explain.perturbation.batching import merge_leading, run_model
+from onnx_explain.perturbation.classifier import Classifier
 
 SCORES = ("prob", "logit")
 
@@ -132,7 +132,7 @@ def _session(model: Classifier, build: Callable, settings: tuple, providers: tup
 def run_built(build: Callable[..., onnx.ModelProto], model: Classifier, settings: dict,
               feeds: dict[str, np.ndarray], providers) -> list[np.ndarray]:
     """Build the graph `build(model, **settings)` and run it; the session is kept for the next call with
-    the same classifier object and settings (pass an onnx_explain.classifier(...) to reuse it)."""
+    the same classifier object and settings (pass an onnx_explain.perturbation.classifier(...) to reuse it)."""
     frozen = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items())
     session = _session(model, build, frozen, tuple(resolve_providers(providers)))
     try:

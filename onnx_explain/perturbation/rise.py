@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_explain.batching import balanced_chunk, budget, chunk_loop, clipped_range
-from onnx_explain.classifier import Classifier, classifier
-from onnx_explain.onnx_builder import OPSET, Builder, value
-from onnx_explain.scoring import (
+from onnx_explain.core.graph import OPSET, Builder, value
+from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range
+from onnx_explain.perturbation.classifier import Classifier, classifier
+from onnx_explain.perturbation.scoring import (
     Attribution,
     check_batch,
     check_score,
@@ -41,7 +41,7 @@ def rise(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, n
     (grid + 1) cells and cropped at a random shift of less than one cell, as in the paper.
 
     Args:
-        model: a path, an onnx.ModelProto or onnx_explain.classifier(...) (which also caches the session).
+        model: a path, an onnx.ModelProto or onnx_explain.perturbation.classifier(...) (which also caches the session).
         images: float32 [N, C, H, W] or [N, H, W, C], as the model takes them.
         n_masks: masks per image (the paper uses 4000 for ImageNet models).
         cell: grid cell size in pixels; None: a 7 x 7 grid (cell = ceil(min(H, W) / 7)).

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_explain.activation_cams import ablationcam, eigencam, scorecam
-from onnx_explain.classifier import Classifier, classifier, layer_tensors
-from onnx_explain.occlusion import occlusion
-from onnx_explain.progress import progress
-from onnx_explain.render import load_image, normalized, overlay, save_png, to_rgb8
-from onnx_explain.rise import rise
+from onnx_explain.core.progress import progress
+from onnx_explain.perturbation.activation_cams import ablationcam, eigencam, scorecam
+from onnx_explain.perturbation.classifier import Classifier, classifier, layer_tensors
+from onnx_explain.perturbation.occlusion import occlusion
+from onnx_explain.perturbation.rise import rise
+from onnx_explain.render.drawing import load_image, normalized, overlay, save_png, to_rgb8
 
 CAMS = {"eigencam": eigencam, "scorecam": scorecam, "ablationcam": ablationcam}
 COMMANDS = ("occlusion", "rise", *CAMS, "layers")

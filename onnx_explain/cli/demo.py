@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx_explain.explainer import Explainer
-from onnx_explain.pointing import pointing_hits
-from onnx_explain.progress import progress
-from onnx_explain.render import overlay, save_png, to_rgb8
+from onnx_explain.core.progress import progress
+from onnx_explain.render.drawing import overlay, save_png, to_rgb8
+from onnx_explain.render.pointing import pointing_hits
+from onnx_explain.runtime.explainer import Explainer
 
 BATCH = 32
 SCALE = 3  # 64-px images are enlarged for the page
@@ -22,9 +22,9 @@ IG_STEPS, NOISE_SAMPLES = 16, 8
 def run_demo(out: Path, n_show: int = 16, n_score: int = 200) -> dict[str, float]:
     """Write out/index.html with overlays per image and method; print and return each method's
     pointing-game accuracy on `n_score` held-out images."""
-    from exporters import METHODS, export_explainer  # the demo exports, so it needs onnx-explain[export]
-    from models.shapenet import INPUT_SHAPE, TARGET_LAYER, load_shapenet
-    from models.shapes import CLASSES, TEST_SEED, make_shapes
+    from onnx_explain.exporters import METHODS, export_explainer  # the demo exports, so it needs onnx-explain[export]
+    from onnx_explain.models.shapenet import INPUT_SHAPE, TARGET_LAYER, load_shapenet
+    from onnx_explain.models.shapes import CLASSES, TEST_SEED, make_shapes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

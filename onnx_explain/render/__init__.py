@@ -1,0 +1,1 @@
+"""Images in and pictures out: loading, overlays, boxes from heatmaps and the pointing game."""

@@ -1,0 +1,1 @@
+"""Running exported explanation graphs: Explainer, and class model visualisation over its saliency graph."""

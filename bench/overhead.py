@@ -8,7 +8,7 @@ The machine is shared and its speed drifts, so the plain forward is timed again 
 method in every round: each round gives one ratio per method (median of `--repeats` runs over the
 median of the plain forward's runs just before), and the figure printed is the median over `--rounds`.
 Run: python bench/overhead.py [--models resnet18 resnet50] [--batches 1 8] [--rounds 5] [--repeats 3]
-The relevance family (issue 5), measured for the README:
+The relevance family:
   python bench/overhead.py --models resnet18 --batches 1 --rounds 3 --repeats 3 \
       --methods saliency lrp_epsilon deeplift integrated_gradients smoothgrad \
       --references saliency lrp deeplift integratedgradients noisetunnel
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -27,21 +26,23 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+
+from onnx_explain import Explainer
 from onnx_explain.exporters import GRADIENT_FAMILY, export_explainer
 from onnx_explain.exporters.models import load_model, token_grid
 
-from onnx_explain import Explainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from references import vit_reshape  # noqa: E402  (the reshape the parity tests give pytorch-grad-cam)
+def vit_reshape(height: int, width: int):
+    """pytorch-grad-cam's documented reshape_transform for vision transformers: class token dropped."""
+    return lambda tokens: tokens[:, 1:].reshape(len(tokens), height, width, -1).permute(0, 3, 1, 2)
+
 
 IG_STEPS, NOISE_SAMPLES = 32, 16  # the export defaults, and captum's runs on the same work
 
 
 # Each ONNX Runtime session (and torch) has its own thread pool, whose threads spin for a while after a
-# run.  On 2 cores they slowed the next session's runs: timed right after an explain graph, resnet18's
-# plain forward took 22.9 ms at batch 1 against 17.4 ms after a pause, which put every ratio 10-25% low
-# (and lrp_epsilon once below the saliency graph it contains).  So each timing starts after a pause.
+# run.  On a small machine they slow the next session's runs and so skew the ratios; each timing starts
+# after a pause.
 QUIET_S = 0.2
 
 

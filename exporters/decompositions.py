@@ -12,8 +12,9 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import torch
-from onnx_explain.exporters.errors import UnsupportedOpError
 from torch._decomp import core_aten_decompositions
+
+from onnx_explain.exporters.errors import UnsupportedOpError
 
 aten = torch.ops.aten
 REGISTRY: dict[torch._ops.OpOverload, Callable] = {}  # ATen op -> its decomposition
@@ -297,8 +298,8 @@ _ATEN_LINEAR = torch.nn.functional.linear
 @register_composite(_ATEN_LINEAR)
 def linear(input, weight, bias=None):
     """F.linear on tokens [N, T, F] as a matrix product of [N * T, F]: ATen's own linear, traced under
-    functorch's vjp, turned the symbolic batch into the trace's batch size (a guard) on vit's MLP, and on
-    attention's non-contiguous input it expanded the weight over every token (1.4 GB per vit_b_16 block)."""
+    functorch's vjp, turns the symbolic batch into the trace's batch size (a guard) on vit's MLP, and on
+    attention's non-contiguous input it expands the weight over every token (1.4 GB per vit_b_16 block)."""
     if input.dim() <= 2:
         return _ATEN_LINEAR(input, weight, bias)
     return _ATEN_LINEAR(input.flatten(0, -2), weight, bias).unflatten(0, input.shape[:-1])

@@ -2,7 +2,7 @@
 
 Two inputs drive work of their own.  deeplift and the integrated gradients run the model on `baselines`
 (the reference pass: DeepLIFT's reference activations, the baseline's score for the deltas); at batch 1
-it cost as much as a second forward pass.  The SmoothGrad family draws its noise from `seed` (an integer
+it costs as much as a second forward pass.  The SmoothGrad family draws its noise from `seed` (an integer
 hash of every element's index), about ten forward passes' worth per image at 224x224.  Most callers keep
 the file's defaults, and then that work gives the same tensors in every run.  This rewrite of the
 exported ONNX graph moves the nodes that read only such an input and constants into an `If`: when the
@@ -114,7 +114,7 @@ def _returned(graph: onnx.GraphProto, cone: list[onnx.NodeProto]) -> list[str]:
 
 
 # Initializers above this size go to shape inference as dims alone and to the cached run as feeds, so
-# neither serialises the weights (vgg11_bn's 0.5 GB: that took 35 s of its export, over both inputs).
+# neither serialises the weights (vgg11_bn's are 0.5 GB, and serialising them dominated its export).
 _LARGE_BYTES = 1 << 16
 
 
@@ -129,7 +129,7 @@ def _types(proto: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
 
 
 def _large(tensor: onnx.TensorProto) -> bool:
-    # From the dims: len(raw_data) copies the data out, and ByteSize() took longer still.
+    # From the dims: len(raw_data) copies the data out, and ByteSize() is slower still.
     return math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize > _LARGE_BYTES
 
 

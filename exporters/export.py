@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from torch import nn
+
+from onnx_explain.core import __version__
+from onnx_explain.core.metadata import GraphInfo, MapOutputs, write_info
+from onnx_explain.core.options import GRAPH_OPTIONS
 from onnx_explain.exporters.default_inputs import cache_defaults
 from onnx_explain.exporters.errors import ExportError, UnsupportedOpError
 from onnx_explain.exporters.layers import ALL_CONV, conv_layers, pooled_classifier, resolve_layers
@@ -18,11 +23,6 @@ from onnx_explain.exporters.sampling import integration_rule
 from onnx_explain.exporters.trace import FEATURE_SCORES, FeatureTarget, Sampling, Traced, frozen, targets_shape, trace
 from onnx_explain.exporters.translations import TRANSLATIONS, check_index_readers
 from onnx_explain.exporters.validate import validate
-from torch import nn
-
-from onnx_explain import __version__
-from onnx_explain.core.inputs import check_baselines, check_scalar
-from onnx_explain.core.metadata import GraphInfo, MapOutputs, write_info
 
 
 class _Joint(nn.Module):
@@ -122,9 +122,10 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         classifier = (pooled_classifier(model, tapped, input_shape)
                       if any(m.layer_rule == CLASSIFIER for m in chosen) else None)
         sampling = _sampling(ig_steps, ig_method, noise_samples)
-        defaults = _defaults(input_shape, baseline, noise_std, lrp_epsilon)
+        defaults = _defaults(input_shape, counterfactual=counterfactual, baselines=baseline, noise_std=noise_std,
+                             lrp_epsilon=lrp_epsilon)
         traced = trace(model, input_shape, chosen, tapped, classifier, top_k, feature, sampling, defaults)
-        proto = _to_onnx(traced, counterfactual)
+        proto = _to_onnx(traced, defaults["counterfactual"])
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} outputs")
     info = GraphInfo(
@@ -161,12 +162,10 @@ def _sampling_info(chosen, sampling: Sampling) -> dict:
     return info
 
 
-def _defaults(input_shape: tuple[int, ...], baseline, noise_std: float, lrp_epsilon: float) -> dict[str, torch.Tensor]:
+def _defaults(input_shape: tuple[int, ...], **given) -> dict[str, torch.Tensor]:
     """The values of the optional graph inputs when a caller leaves them out, checked as explain checks them."""
-    return {"baselines": torch.from_numpy(check_baselines(baseline, 1, input_shape)),
-            "seed": torch.tensor(0, dtype=torch.int64),
-            "noise_std": torch.from_numpy(check_scalar("noise_std", noise_std, "f")),
-            "lrp_epsilon": torch.from_numpy(check_scalar("lrp_epsilon", lrp_epsilon, "f"))}
+    return {o.name: torch.from_numpy(o.check(given.get(o.name, o.default), 1, input_shape))
+            for o in GRAPH_OPTIONS}
 
 
 def _check_methods(methods: Sequence[str]):
@@ -213,7 +212,7 @@ def _map_outputs(chosen, tapped) -> list[MapOutputs]:
     return maps
 
 
-def _to_onnx(traced: Traced, counterfactual: bool) -> onnx.ModelProto:
+def _to_onnx(traced: Traced, counterfactual: torch.Tensor) -> onnx.ModelProto:
     check_index_readers(traced.graph.graph)
     joint = _Joint(traced)
     n = torch.export.Dim("N", min=1, max=65536)
@@ -224,7 +223,7 @@ def _to_onnx(traced: Traced, counterfactual: bool) -> onnx.ModelProto:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                # optimize=False: ONNX Runtime optimises at load, and onnxscript's optimiser took minutes on densenet
+                # optimize=False: ONNX Runtime optimises at load, and onnxscript's optimiser takes minutes on densenet
                 joint, (images, targets, flag), kwargs=dict(traced.extras), dynamo=True, verbose=False,
                 optimize=False, input_names=["images", "targets", "counterfactual", *traced.extras],
                 output_names=traced.output_names,
@@ -237,7 +236,7 @@ def _to_onnx(traced: Traced, counterfactual: bool) -> onnx.ModelProto:
             raise UnsupportedOpError(f"no ONNX translation for {'; '.join(ops)}") from e
         raise ExportError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0]}") from e
     proto = program.model_proto
-    _set_default(proto, "counterfactual", np.array(counterfactual))
+    _set_default(proto, "counterfactual", counterfactual.numpy())
     for name, value in traced.extras.items():
         _set_default(proto, name, value.numpy())
     return cache_defaults(proto)

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from onnx_explain.exporters.errors import LayerNotFoundError
 from torch import nn
+
+from onnx_explain.exporters.errors import LayerNotFoundError
 
 ALL_CONV = "all-conv"  # layers=ALL_CONV taps the output of every convolution
 

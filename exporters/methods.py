@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
 from onnx_explain.exporters.rules import RULES
 
 EPS = 1e-7  # the same stabiliser pytorch-grad-cam's scale_cam_image uses
@@ -77,19 +78,44 @@ METHODS: dict[str, Method] = {}
 
 def method(name: str, *, at: str, input_rule: str | None = None, layer_rule: str | None = None,
            sampler: Sampler | None = None, delta: bool = False) -> Callable:
-    assert at in ("input", "layer") and (at == "layer" or layer_rule is None)
-    assert input_rule in (None, *RULES) and layer_rule in (None, CLASSIFIER, *RULES)
-    assert sampler is None or at == "input"
-    assert name not in METHODS, f"method {name!r} registered twice"
+    """Register the decorated head as the exported method `name` (decorators stack: one head may serve
+    several methods that differ only in their rules).
 
-    def wrap(head: Callable) -> Callable:
+    Args:
+        name: the method's name in methods=[...], as in its paper ("gradcam", "guided_backprop").
+        at: "input" (one map, from the input gradient) or "layer" (one map per tapped layer).
+        input_rule, layer_rule: the ReLU rule of the backward pass whose gradient the head reads at the
+            input or at the layer (onnx_explain.exporters.rules.RULES, or CLASSIFIER at the layer for cam);
+            None: that gradient is not read.
+        sampler: where a sampled method takes its input gradients (noisy copies, the integration path).
+        delta: the head also returns the convergence delta [N].
+
+    Raises:
+        ValueError: an unknown place, rule or sampler combination, or a name registered twice.
+    """
+    problems = []
+    if at not in ("input", "layer"):
+        problems.append(f"at must be 'input' or 'layer', got {at!r}")
+    if at == "input" and layer_rule is not None:
+        problems.append("an input method reads no layer gradient (layer_rule must be None)")
+    if input_rule not in (None, *RULES) or layer_rule not in (None, CLASSIFIER, *RULES):
+        problems.append(f"rules must be None or one of {RULES} (the layer also {CLASSIFIER!r}), "
+                        f"got input_rule={input_rule!r}, layer_rule={layer_rule!r}")
+    if sampler is not None and at != "input":
+        problems.append("only input methods are sampled")
+    if name in METHODS:
+        problems.append("the name is registered twice")
+    if problems:
+        raise ValueError(f"cannot register method {name!r}: {'; '.join(problems)}")
+
+    def register(head: Callable) -> Callable:
         METHODS[name] = Method(name, at, input_rule, layer_rule, head, sampler, delta)
         return head
 
-    return wrap
+    return register
 
 
-def normalize(maps: torch.Tensor) -> torch.Tensor:
+def min_max(maps: torch.Tensor) -> torch.Tensor:
     """Per-image min-max scaling of [N, H, W] maps to [0, 1]; a flat map becomes all zeros, not NaN."""
     lo = maps.amin(dim=(1, 2), keepdim=True)
     shifted = maps - lo
@@ -119,24 +145,27 @@ def _bilinear_matrix(out: int, size: int, dtype: torch.dtype) -> torch.Tensor:
 
 def cam_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """pytorch-grad-cam's steps: scale at layer resolution, resize bilinearly, scale again."""
-    return normalize(upsample(normalize(cam), size))
+    return min_max(upsample(min_max(cam), size))
 
 
 # Input methods: the map is the input gradient itself or a product with the image.
 
-def _gradient_map(x: HeadInputs):
-    # Simonyan et al. reduce the channels by the max of the absolute gradient.
-    return x.input_grad, normalize(x.input_grad.abs().amax(dim=1))
+def _gradient_heatmap(raw: torch.Tensor) -> torch.Tensor:
+    """Simonyan et al. reduce the channels by the max of the absolute gradient."""
+    return min_max(raw.abs().amax(dim=1))
 
 
-method("saliency", at="input", input_rule="plain")(_gradient_map)
-method("guided_backprop", at="input", input_rule="guided")(_gradient_map)
-method("deconvnet", at="input", input_rule="deconvnet")(_gradient_map)
+@method("saliency", at="input", input_rule="plain")
+@method("guided_backprop", at="input", input_rule="guided")
+@method("deconvnet", at="input", input_rule="deconvnet")
+def gradient_map(x: HeadInputs):
+    """The input gradient through the method's ReLU rule (plain, guided or deconvnet)."""
+    return x.input_grad, _gradient_heatmap(x.input_grad)
 
 
 def _relevance_heatmap(raw: torch.Tensor) -> torch.Tensor:
     """|sum over channels| of an attribution that sums to the score (change), as captum shows it."""
-    return normalize(raw.sum(dim=1).abs())
+    return min_max(raw.sum(dim=1).abs())
 
 
 def _total(raw: torch.Tensor) -> torch.Tensor:
@@ -155,8 +184,8 @@ def gradient_x_input(x: HeadInputs):
 
 @method("lrp_epsilon", at="input", input_rule="lrp", delta=True)
 def lrp_epsilon(x: HeadInputs):
-    """Bach et al., the epsilon rule (onnx_explain.exporters.relevance): the input times its LRP-modified gradient;
-    the relevances sum to the target's logit."""
+    """Bach et al., the epsilon rule (onnx_explain.exporters.relevance): the input times its LRP-modified
+    gradient; the relevances sum to the target's logit."""
     raw = x.input_grad * x.images
     return raw, _relevance_heatmap(raw), _total(raw) - x.scores
 
@@ -178,65 +207,78 @@ def integrated_gradients(x: HeadInputs):
 
 
 # SmoothGrad (Smilkov et al.) and its variants, as captum's NoiseTunnel: the mean of the attributions of
-# noisy copies of the image, the mean of their squares, or their variance (VarGrad, Adebayo et al.).
-
-NOISE_REDUCTIONS = {
-    "smoothgrad": lambda a: a.mean(dim=1),
-    "smoothgrad_sq": lambda a: (a * a).mean(dim=1),
-    "vargrad": lambda a: (a * a).mean(dim=1) - a.mean(dim=1) ** 2,
-}
-# base method -> (prefix of the smoothed names, its rule, whether it integrates along the path, heatmap)
-NOISE_BASES = {
-    "saliency": ("", "plain", False, lambda raw: normalize(raw.abs().amax(dim=1))),
-    "guided_backprop": ("guided_", "guided", False, lambda raw: normalize(raw.abs().amax(dim=1))),
-    "integrated_gradients": ("ig_", "plain", True, _relevance_heatmap),
-}
+# noisy copies of the image (x.samples [N, S, ...]), the mean of their squares, or their variance
+# (VarGrad, Adebayo et al.), over saliency, guided backprop or integrated gradients (ig_: each noisy
+# copy's path integral).
+NOISE = Sampler(noise=True, path=False)
+NOISY_PATHS = Sampler(noise=True, path=True)
 
 
-def _smoothed(reduce: Callable, heatmap: Callable) -> Callable:
-    def head(x: HeadInputs):
-        raw = reduce(x.samples)
-        return raw, heatmap(raw)
+@method("smoothgrad", at="input", input_rule="plain", sampler=NOISE)
+@method("guided_smoothgrad", at="input", input_rule="guided", sampler=NOISE)
+def smoothgrad(x: HeadInputs):
+    raw = x.samples.mean(dim=1)
+    return raw, _gradient_heatmap(raw)
 
-    return head
+
+@method("smoothgrad_sq", at="input", input_rule="plain", sampler=NOISE)
+@method("guided_smoothgrad_sq", at="input", input_rule="guided", sampler=NOISE)
+def smoothgrad_sq(x: HeadInputs):
+    raw = (x.samples * x.samples).mean(dim=1)
+    return raw, _gradient_heatmap(raw)
 
 
-for _reduction, _reduce in NOISE_REDUCTIONS.items():
-    for _prefix, _rule, _path, _heatmap in NOISE_BASES.values():
-        method(_prefix + _reduction, at="input", input_rule=_rule,
-               sampler=Sampler(noise=True, path=_path))(_smoothed(_reduce, _heatmap))
+@method("vargrad", at="input", input_rule="plain", sampler=NOISE)
+@method("guided_vargrad", at="input", input_rule="guided", sampler=NOISE)
+def vargrad(x: HeadInputs):
+    raw = (x.samples * x.samples).mean(dim=1) - x.samples.mean(dim=1) ** 2
+    return raw, _gradient_heatmap(raw)
+
+
+@method("ig_smoothgrad", at="input", input_rule="plain", sampler=NOISY_PATHS)
+def ig_smoothgrad(x: HeadInputs):
+    raw = x.samples.mean(dim=1)
+    return raw, _relevance_heatmap(raw)
+
+
+@method("ig_smoothgrad_sq", at="input", input_rule="plain", sampler=NOISY_PATHS)
+def ig_smoothgrad_sq(x: HeadInputs):
+    raw = (x.samples * x.samples).mean(dim=1)
+    return raw, _relevance_heatmap(raw)
+
+
+@method("ig_vargrad", at="input", input_rule="plain", sampler=NOISY_PATHS)
+def ig_vargrad(x: HeadInputs):
+    raw = (x.samples * x.samples).mean(dim=1) - x.samples.mean(dim=1) ** 2
+    return raw, _relevance_heatmap(raw)
 
 
 # The CAM family: a combination of the activations A_k and the gradients G_k = d score / d A_k at a
-# layer, rectified, then scaled and resized as pytorch-grad-cam does.  Each function returns the map
-# before the ReLU.
+# layer, rectified, then scaled and resized as pytorch-grad-cam does.  Each combination returns the map
+# before the ReLU; the guided CAMs (Selvaraju et al.) mask guided backprop with a CAM's heatmap.
 
-def _cam_method(name: str, layer_rule: str = "plain") -> Callable:
-    def wrap(combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
-        def head(x: HeadInputs):
-            raw = torch.relu(combine(x.activation, x.layer_grad))
-            return raw, cam_heatmap(raw, x.size)
-
-        method(name, at="layer", layer_rule=layer_rule)(head)
-        return combine
-
-    return wrap
+def _cam(combined: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = torch.relu(combined)
+    return raw, cam_heatmap(raw, size)
 
 
-@_cam_method("cam", layer_rule=CLASSIFIER)
-def cam(activation: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+def _guided(x: HeadInputs, combined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = x.input_grad * cam_heatmap(torch.relu(combined), x.size)[:, None]
+    return raw, _gradient_heatmap(raw)
+
+
+@method("cam", at="layer", layer_rule=CLASSIFIER)
+def cam(x: HeadInputs):
     """Zhou et al.: sum_k w_k^c A_k with the classifier's weights of class c (no backward pass)."""
-    return (class_weights * activation).sum(dim=1)
+    return _cam((x.layer_grad * x.activation).sum(dim=1), x.size)
 
 
-@_cam_method("gradcam")
-def gradcam(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def grad_cam_map(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Selvaraju et al.: w_k = mean_ij G_k, map = sum_k w_k A_k."""
     return (grad.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1)
 
 
-@_cam_method("gradcam++")
-def gradcam_plus_plus(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def grad_cam_plus_plus_map(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Chattopadhay et al., closed form for the exponential score (pytorch-grad-cam's eq. 19):
     alpha = G^2 / (2 G^2 + sum_ij A * G^3), zero where G = 0; w_k = sum_ij alpha * ReLU(G)."""
     grad2 = grad * grad
@@ -246,41 +288,48 @@ def gradcam_plus_plus(activation: torch.Tensor, grad: torch.Tensor) -> torch.Ten
     return (weights * activation).sum(dim=1)
 
 
-@_cam_method("xgradcam")
-def xgradcam(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+@method("gradcam", at="layer", layer_rule="plain")
+def gradcam(x: HeadInputs):
+    return _cam(grad_cam_map(x.activation, x.layer_grad), x.size)
+
+
+@method("gradcam++", at="layer", layer_rule="plain")
+def gradcam_plus_plus(x: HeadInputs):
+    return _cam(grad_cam_plus_plus_map(x.activation, x.layer_grad), x.size)
+
+
+@method("xgradcam", at="layer", layer_rule="plain")
+def xgradcam(x: HeadInputs):
     """Fu et al. (XGrad-CAM): w_k = sum_ij G_k A_k / (sum_ij A_k + eps)."""
-    weights = (grad * activation).sum(dim=(2, 3), keepdim=True) / (activation.sum(dim=(2, 3), keepdim=True) + EPS)
-    return (weights * activation).sum(dim=1)
+    a, g = x.activation, x.layer_grad
+    weights = (g * a).sum(dim=(2, 3), keepdim=True) / (a.sum(dim=(2, 3), keepdim=True) + EPS)
+    return _cam((weights * a).sum(dim=1), x.size)
 
 
-@_cam_method("hirescam")
-def hirescam(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+@method("hirescam", at="layer", layer_rule="plain")
+def hirescam(x: HeadInputs):
     """Draelos & Carin (HiResCAM): sum_k G_k * A_k, element-wise."""
-    return (grad * activation).sum(dim=1)
+    return _cam((x.layer_grad * x.activation).sum(dim=1), x.size)
 
 
-@_cam_method("layercam")
-def layercam(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+@method("layercam", at="layer", layer_rule="plain")
+def layercam(x: HeadInputs):
     """Jiang et al. (LayerCAM): sum_k ReLU(G_k) * A_k, element-wise."""
-    return (torch.relu(grad) * activation).sum(dim=1)
+    return _cam((torch.relu(x.layer_grad) * x.activation).sum(dim=1), x.size)
 
 
-# Guided CAMs (Selvaraju et al.): guided backprop, masked by the CAM heatmap at input resolution.
-
-def _guided_cam_method(name: str, combine: Callable) -> None:
-    @method(name, at="layer", input_rule="guided", layer_rule="plain")
-    def head(x: HeadInputs):
-        mask = cam_heatmap(torch.relu(combine(x.activation, x.layer_grad)), x.size)
-        raw = x.input_grad * mask[:, None]
-        return raw, normalize(raw.abs().amax(dim=1))
+@method("guided_gradcam", at="layer", input_rule="guided", layer_rule="plain")
+def guided_gradcam(x: HeadInputs):
+    return _guided(x, grad_cam_map(x.activation, x.layer_grad))
 
 
-_guided_cam_method("guided_gradcam", gradcam)
-_guided_cam_method("guided_gradcam++", gradcam_plus_plus)
+@method("guided_gradcam++", at="layer", input_rule="guided", layer_rule="plain")
+def guided_gradcam_plus_plus(x: HeadInputs):
+    return _guided(x, grad_cam_plus_plus_map(x.activation, x.layer_grad))
 
 
-# The methods the relevance rules or sampling add (issue 5's family); the rest, the gradient family, is
-# the CLI's default export: it works on every architecture and costs one backward pass per rule.
+# The methods the relevance rules or sampling add; the rest, the gradient family, is the command line's
+# default export: it works on every architecture and costs one backward pass per rule.
 RELEVANCE_FAMILY = frozenset(m for m, method in METHODS.items()
                              if method.sampler or method.input_rule in ("lrp", "deeplift"))
 GRADIENT_FAMILY = frozenset(METHODS) - RELEVANCE_FAMILY

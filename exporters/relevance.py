@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
 from onnx_explain.exporters.decompositions import COMPOSITES, aten
 from onnx_explain.exporters.errors import UnsupportedOpError
 from onnx_explain.exporters.rules import current_rule
 from onnx_explain.exporters.translations import unpool_shared
-from torch.overrides import TorchFunctionMode
 
 # 2^-126, the smallest normal float32: added to an input change, it is lost beside any |change| > 2^-101,
 # and a change of exactly 0 (an input equal to the reference) becomes it.  Not subnormal: a flush to zero
@@ -87,7 +88,7 @@ class _SiteReLU(torch.autograd.Function):
     LRP (given epsilon, where x is a layer output that LRP stabilises): the gradient times
     [x > 0] x / (x + eps) = out / (out + eps), the ReLU's mask and the layer's stabiliser in one
     factor; x is then the layer's output before the stabiliser (the same values), which the ReLU's
-    path skips.  Three passes over the activation where the mask and the stabiliser took seven.
+    path skips: three passes over the activation, where a separate mask and stabiliser take seven.
     """
 
     @staticmethod
@@ -116,7 +117,7 @@ def _moved(change: torch.Tensor, fallback: torch.Tensor | float = UNCHANGED) -> 
     """change + fallback, fallback at most UNCHANGED: a rescale multiplier _moved(dy) / _moved(dx) is the
     secant dy / dx wherever |dx| > 2^-101 (UNCHANGED rounds away beside it), and fallback / UNCHANGED
     where dx is exactly 0 (dy is 0 there too).  Each pass is one Add on the batch, where captum's
-    threshold (|dx| < 1e-10: the plain gradient) took five (Abs, Less, Cast and the blend)."""
+    threshold (|dx| < 1e-10: the plain gradient) takes five (Abs, Less, Cast and the blend)."""
     return change + fallback
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import operator
 
-import onnx_explain.exporters.translations  # noqa: F401  (registers onnx_explain::active)
 import torch
+
+import onnx_explain.exporters.translations  # noqa: F401  (registers onnx_explain::active)
 from onnx_explain.exporters.decompositions import aten
 
 _POOL_BACKWARD = aten.max_pool2d_with_indices_backward.default
@@ -27,8 +28,8 @@ def factors_before_pool_routing(graph: torch.fx.Graph) -> None:
     a window's maximum is the pooled value y, so the input's mask at it equals active(y); and a factor
     that is constant over each image plane commutes with a scatter that stays within the plane.  Under
     guided backprop the ReLU's backward is relu(grad) * mask; relu(scatter(g * active(y))) is that too,
-    since the mask is 0 or 1.  On resnet18's saliency graph at batch 8 this removes about 10 ms of ONNX
-    Runtime kernel time (the masks, the scale and two layout reorders over [8, 64, 112, 112]).
+    since the mask is 0 or 1.  The masks, the scale and two layout reorders then run over the pooled map
+    instead of the 4x larger one.
     """
     for node in list(graph.nodes):
         if node.target is _POOL_BACKWARD:

@@ -14,6 +14,7 @@ import contextvars
 from collections.abc import Iterator
 
 import torch
+
 from onnx_explain.exporters.decompositions import aten, register
 from onnx_explain.exporters.errors import UnsupportedOpError
 from onnx_explain.exporters.translations import active
@@ -57,7 +58,7 @@ def aten_threshold_backward(grad_output, self, threshold):
         return torch.relu(grad_output)
     if rule == "guided":
         grad_output = torch.relu(grad_output)
-    # A multiply by the mask, not where(): ONNX Runtime's Where was 7x slower on large maps.
+    # A multiply by the mask, not where(): ONNX Runtime's Where is several times slower on large maps.
     if threshold == 0:  # self is a ReLU's output, so >= 0: the mask ONNX Runtime keeps in its fast layout
         return grad_output * active(self)
     return grad_output * (self > threshold).to(grad_output.dtype)

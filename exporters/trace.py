@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from onnx_explain.exporters.decompositions import aten, decomposition_table, linear_everywhere
-from onnx_explain.exporters.errors import UnsupportedOpError
-from onnx_explain.exporters.layers import LayerInfo
-from onnx_explain.exporters.methods import CLASSIFIER, HeadInputs, Method, Sampler
-from onnx_explain.exporters.pruning import on_read_token
-from onnx_explain.exporters.relevance import RULED_OPS, CallSites, check_ops
-from onnx_explain.exporters.rewrites import factors_before_pool_routing
-from onnx_explain.exporters.rules import relu_rule
-from onnx_explain.exporters.sampling import integration_rule, noisy, on_path, weighted_sum
 from torch import nn
 from torch._dynamo.source import ConstantSource
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from onnx_explain.core.options import GRAPH_OPTIONS
+from onnx_explain.exporters.class_token import on_read_token
+from onnx_explain.exporters.decompositions import aten, decomposition_table, linear_everywhere
+from onnx_explain.exporters.errors import UnsupportedOpError
+from onnx_explain.exporters.layers import LayerInfo
+from onnx_explain.exporters.methods import CLASSIFIER, HeadInputs, Method, Sampler
+from onnx_explain.exporters.relevance import RULED_OPS, CallSites, check_ops
+from onnx_explain.exporters.rewrites import factors_before_pool_routing
+from onnx_explain.exporters.rules import relu_rule
+from onnx_explain.exporters.sampling import integration_rule, noisy, on_path, weighted_sum
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,9 +98,9 @@ class FeatureTarget:
     score: str  # "max" or "sum"
 
 
-# The optional graph inputs, in the order the graph takes them, with their example values; each has a
-# default (onnx_explain.exporters.export), so callers may leave it out.
-EXTRA_INPUTS = ("baselines", "seed", "noise_std", "lrp_epsilon")
+# The optional graph inputs that only some methods read, in the order the graph takes them after
+# counterfactual (which every file takes); each has a default, so callers may leave it out.
+EXTRA_INPUTS = tuple(o.name for o in GRAPH_OPTIONS if o.name != "counterfactual")
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ def joint_function(model: nn.Module, input_shape: Sequence[int], methods: Sequen
     names, in that order.  `classifier` names the weight of the linear layer whose rows are CAM's class
     weights.  With top_k > 1, targets are [N, k] and every map gets a k axis after N.  With a feature
     target, the score is a channel of that layer instead of a logit (input methods only).  The model runs
-    as onnx_explain.exporters.pruning leaves it: a transformer's last layers on the token its head reads."""
+    as onnx_explain.exporters.class_token leaves it: a transformer's last layers on the token its head reads."""
     at_images = [m for m in methods if m.sampler is None]
     input_rules = {m.input_rule for m in at_images} - {None}
     layer_rules = {m.layer_rule for m in at_images} - {None, CLASSIFIER}
@@ -405,8 +410,8 @@ def op_origins(model: nn.Module, images: torch.Tensor) -> dict[str, str]:
     try:
         with torch.no_grad(), recorder:
             model(images)
-    except Exception:  # the trace that follows reports the real error with its context
-        pass
+    except Exception as e:  # the trace that follows reports the real error with its context
+        log.debug("recording op origins stopped at %s: %s", type(e).__name__, e)
     finally:
         for h in handles:
             h.remove()

@@ -13,8 +13,9 @@ import operator
 from collections.abc import Callable, Sequence
 
 import torch
-from onnx_explain.exporters.errors import UnsupportedOpError
 from onnxscript import opset20 as op
+
+from onnx_explain.exporters.errors import UnsupportedOpError
 
 aten = torch.ops.aten
 

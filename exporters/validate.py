@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from onnx_explain.core.options import GRAPH_OPTIONS
 from onnx_explain.exporters.errors import ExportValidationError
 from onnx_explain.exporters.trace import Traced, targets_shape
-
 from onnx_explain.runtime.explainer import Explainer
 
 VALIDATION_BATCH = 8  # differs from the trace batch, so a batch size baked into the graph is caught
@@ -86,9 +87,7 @@ def validate(path: Path, traced: Traced, evaluations: dict[str, int] | None = No
     if traced.top_k > 1:
         targets[1:] = torch.arange(traced.top_k)
     feeds = {"images": images, "targets": targets, "counterfactual": torch.tensor(False), **traced.extras}
-    others = {"baselines": lambda: torch.randn(feeds["baselines"].shape, generator=gen) * 0.1,
-              "seed": lambda: torch.tensor(12345, dtype=torch.int64)}
-    changed = {name: other() for name, other in others.items() if name in feeds}
+    changed = {o.name: _other_value(feeds[o.name], gen) for o in GRAPH_OPTIONS if o.varied and o.name in feeds}
     variants = [feeds, {**feeds, **changed}] if changed else [feeds]
     explainer = Explainer(path, providers="cpu")  # as a server would open it: default level
     worst: dict[str, float] = {}
@@ -96,6 +95,13 @@ def validate(path: Path, traced: Traced, evaluations: dict[str, int] | None = No
         for name, error in _compare(explainer, traced, variant, evaluations or {}).items():
             worst[name] = max(error, worst.get(name, 0.0))
     return worst
+
+
+def _other_value(default: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A value unlike the default: small random floats of its shape, or another integer."""
+    if default.is_floating_point():
+        return torch.randn(default.shape, generator=gen) * 0.1
+    return default + 12345
 
 
 def _compare(explainer: Explainer, traced: Traced, feeds: dict[str, torch.Tensor],

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from onnx_explain.models.shapes import CLASSES, IMAGE_SIZE
 from torch import nn
+
+from onnx_explain.models.shapes import CLASSES, IMAGE_SIZE
 
 WEIGHTS = Path(__file__).with_name("shapenet.pt")
 # The last convolutional block: the layer the demo and the tests explain with Grad-CAM.

@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import torch
+from torch import nn
+
 from onnx_explain.models.shapenet import WEIGHTS, ShapeNet
 from onnx_explain.models.shapes import CLASSES, TEST_SEED, TRAIN_SEED, make_shapes
-from torch import nn
 
 
 def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:

@@ -266,6 +266,7 @@ def noise_tunnel(kind: str, base: str, model, images: np.ndarray, targets: np.nd
     from unittest import mock
 
     from captum.attr import GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
+
     from onnx_explain.exporters.sampling import standard_normal
 
     n, *shape = images.shape
@@ -356,7 +357,7 @@ def deeplift_secant(model, images: np.ndarray, targets: np.ndarray, baselines: n
     batch, every ReLU and max pool module replaced), with the max-pool rule as DeepLIFT defines it.
     captum's own DeepLift misroutes max pools: measured here, its attributions miss the logit change by
     up to half on a conv-ReLU-maxpool net with a non-zero baseline (captum #1276, and its unpool assigns
-    where overlapping windows share a maximum).  tests/test_relevance.py checks this reference against
+    where overlapping windows share a maximum).  tests/export/test_relevance.py checks this reference against
     captum on models without max pools, where captum's rules hold."""
     model = replaced(captum_ready(model), (torch.nn.ReLU, torch.nn.MaxPool2d), _Secant)
     x = torch.from_numpy(images).requires_grad_(True)

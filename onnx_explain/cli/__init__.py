@@ -1,5 +1,5 @@
-"""The onnx-explain command line: demo, export and explain, and the pure-inference methods on any ONNX
-classifier (cli_models), each a thin call into the library."""
+"""The onnx-explain command line: demo, export and explain (exported.py), and the pure-inference methods on
+any ONNX classifier (perturbation.py), each a thin call into the library."""
 
 from __future__ import annotations
 
@@ -8,12 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
+from onnx_explain.cli import exported
 from onnx_explain.cli import perturbation as cli_models
-from onnx_explain.core.progress import progress
-from onnx_explain.render.drawing import load_image, normalized, overlay, save_png, to_rgb8
-from onnx_explain.runtime.explainer import Explainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,50 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--score-images", type=int, default=200,
                       help="held-out images for the pointing-game score (default: 200)")
 
-    exp = sub.add_parser("export", help="export a model's explanation graph to ONNX (needs onnx-explain[export])")
-    exp.add_argument("model", help="'shapenet' (the shipped model), a torchvision model name, or a file saved "
-                                   "with torch.save(model)")
-    exp.add_argument("output", type=Path, help="the .onnx file to write")
-    exp.add_argument("--layers", nargs="*", default=None, help="module names for the CAM methods")
-    exp.add_argument("--methods", nargs="+", default=None,
-                     help="methods to export (default: the gradient family; add lrp_epsilon, deeplift, "
-                          "integrated_gradients, smoothgrad ... by name)")
-    exp.add_argument("--input-shape", nargs=3, type=int, default=None, metavar=("C", "H", "W"),
-                     help="one image's shape (default: 3 64 64 for shapenet, 3 224 224 otherwise)")
-    exp.add_argument("--top-k", type=int, default=1, help="classes explained per image in one run (default 1)")
-    exp.add_argument("--feature-layer", default=None,
-                     help="explain channels of this layer instead of classes (input methods only)")
-    exp.add_argument("--feature-score", choices=["max", "sum"], default="max",
-                     help="a channel's score: its strongest or its total activation (default max)")
-    exp.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps (default 32)")
-    exp.add_argument("--ig-method", default="gausslegendre",
-                     help="integration rule: gausslegendre (default), riemann_left, riemann_right, "
-                          "riemann_middle, riemann_trapezoid")
-    exp.add_argument("--noise-samples", type=int, default=16, help="SmoothGrad's noisy copies (default 16)")
-    exp.add_argument("--noise-std", type=float, default=0.15, help="SmoothGrad's default noise std (0.15)")
-    exp.add_argument("--baseline", type=float, default=0.0, help="deeplift/IG default baseline value (0)")
-    exp.add_argument("--lrp-epsilon", type=float, default=1e-9, help="lrp_epsilon's default epsilon (1e-9)")
-    exp.add_argument("--token-grid", nargs=2, type=int, default=None, metavar=("H", "W"),
-                     help="grid of a token layer's last H*W tokens (vision transformers; torchvision vit: its "
-                          "patch grid by default)")
-
-    ex = sub.add_parser("explain", help="explain image files with an exported graph and write overlays")
-    ex.add_argument("model", type=Path, help="an .onnx file written by `onnx-explain export`")
-    ex.add_argument("images", nargs="+", type=Path, help="image files (any format OpenCV reads)")
-    ex.add_argument("--out", type=Path, default=Path("explain-out"), help="output folder (default: explain-out)")
-    ex.add_argument("--methods", nargs="+", default=None, help="methods to run (default: all in the file)")
-    ex.add_argument("--target", type=int, default=-1, help="class to explain (default -1: the predicted class)")
-    ex.add_argument("--counterfactual", action="store_true",
-                    help="CAM-family maps of the regions that argue against the class")
-    ex.add_argument("--baseline", type=float, default=None,
-                    help="deeplift/IG baseline value, in the model's input units (default: the file's)")
-    ex.add_argument("--seed", type=int, default=None, help="SmoothGrad's noise seed (default 0)")
-    ex.add_argument("--noise-std", type=float, default=None, help="SmoothGrad's noise std (default: the file's)")
-    ex.add_argument("--lrp-epsilon", type=float, default=None, help="lrp_epsilon's epsilon (default: the file's)")
-    ex.add_argument("--mean", nargs=3, type=float, default=None, help="per-channel mean to subtract")
-    ex.add_argument("--std", nargs=3, type=float, default=None, help="per-channel std to divide by")
-    ex.add_argument("--providers", nargs="+", default=None, help="execution providers, e.g. cuda cpu")
-
+    exported.add_parsers(sub)
     cli_models.add_parsers(sub)
 
     args = parser.parse_args(argv)
@@ -81,56 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_demo(args.out, n_show=args.images, n_score=args.score_images)
         elif args.command == "export":
-            _export(args)
+            exported.export(args)
         else:
-            _explain(args)
+            exported.explain(args)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"onnx-explain {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-def _export(args: argparse.Namespace) -> None:
-    from onnx_explain.exporters import GRADIENT_FAMILY, export_explainer
-    from onnx_explain.exporters.models import load_model, token_grid
-
-    model, default_shape, default_layers, class_names = load_model(args.model)
-    layers = args.layers if args.layers is not None else default_layers
-    methods = args.methods or sorted(GRADIENT_FAMILY)
-    info = export_explainer(model, args.output, input_shape=args.input_shape or default_shape, layers=layers,
-                            methods=methods, class_names=class_names, top_k=args.top_k,
-                            feature_layer=args.feature_layer, feature_score=args.feature_score,
-                            ig_steps=args.ig_steps, ig_method=args.ig_method, noise_samples=args.noise_samples,
-                            noise_std=args.noise_std, baseline=args.baseline, lrp_epsilon=args.lrp_epsilon,
-                            token_grid=args.token_grid or token_grid(model))
-    print(f"wrote {args.output}: methods {list(info.methods)}, layers {list(info.layers)}, "
-          f"input [N, {', '.join(map(str, info.input_shape))}]")
-
-
-def _explain(args: argparse.Namespace) -> None:
-    explainer = Explainer(args.model, providers=args.providers)
-    if explainer.info.top_k > 1 and args.target != -1:
-        raise ValueError(f"{args.model.name} explains its {explainer.info.top_k} highest classes per image; "
-                         "--target picks one class and needs a file exported with --top-k 1")
-    shape = explainer.info.input_shape
-    for path in progress(args.images, len(args.images), "explaining"):
-        image = load_image(path, shape[1:])
-        x = normalized(image, args.mean, args.std)
-        targets = args.target if explainer.info.top_k == 1 else None  # a file with k targets explains its top k
-        result = explainer.explain(x[None].astype(np.float32), methods=args.methods, targets=targets,
-                                   counterfactual=args.counterfactual or None, baselines=args.baseline,
-                                   seed=args.seed, noise_std=args.noise_std, lrp_epsilon=args.lrp_epsilon)
-        chosen = np.atleast_1d(result.targets[0])
-        for (method, layer), m in result.maps.items():
-            stem = f"{path.stem}.{method}" + (f"@{layer}" if layer else "")
-            heatmaps = m.heatmap[0] if explainer.info.top_k > 1 else m.heatmap[0][None]
-            for target, heatmap in zip(chosen, heatmaps, strict=True):
-                suffix = "" if len(chosen) == 1 else f".target{target}"
-                save_png(args.out / f"{stem}{suffix}.png", overlay(image, heatmap))
-        save_png(args.out / f"{path.stem}.input.png", to_rgb8(image))
-        predicted = explainer.info.class_names[int(result.logits[0].argmax())]
-        print(f"{path}: explained {result.labels[0]} (predicted class {predicted})")
-    print(f"overlays in {args.out.resolve()}")
 
 
 if __name__ == "__main__":

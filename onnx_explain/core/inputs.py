@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+INT64, FLOAT32 = np.iinfo(np.int64), np.finfo(np.float32)
+
 
 def check_images(images: object, input_shape: Sequence[int]) -> np.ndarray:
     """float32 [N, C, H, W] matching the graph's [C, H, W], finite."""
@@ -50,6 +52,8 @@ def check_baselines(baselines: object, n: int, input_shape: Sequence[int]) -> np
     """A number, one baseline [C, H, W] or [1, C, H, W] for the whole batch, or one per image [N, C, H, W];
     returned float32 [1 or N, C, H, W], finite."""
     shape = tuple(input_shape)
+    if isinstance(baselines, (bool, np.bool_)) or not isinstance(baselines, (int, float, np.number, np.ndarray)):
+        raise ValueError(f"baselines must be a number or a float32 array, got {type(baselines).__name__}")
     arr = np.asarray(baselines, dtype=np.float32) if not isinstance(baselines, np.ndarray) else baselines
     if arr.ndim == 0:
         arr = np.full((1, *shape), arr, np.float32)
@@ -60,17 +64,39 @@ def check_baselines(baselines: object, n: int, input_shape: Sequence[int]) -> np
                          f"[{n}, ...], got shape {list(arr.shape)}")
     if arr.dtype.kind != "f":
         raise ValueError(f"baselines must be float32, got dtype {arr.dtype}")
-    if not np.isfinite(arr).all():
-        raise ValueError("baselines contain NaN or inf values; expected finite values")
+    if not np.isfinite(arr).all() or (arr.dtype != np.float32 and np.abs(arr).max() > FLOAT32.max):
+        raise ValueError("baselines contain NaN, inf or values beyond float32's range; expected finite values")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def check_scalar(name: str, value: object, kind: str) -> np.ndarray:
-    """A finite non-negative float ("f") or an integer ("i") as the graph's 0-d input."""
+    """A finite non-negative float32 ("f") or an int64 ("i") as the graph's 0-d input."""
     if kind == "i":
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{name} must be an integer, got {value!r}")
-        return np.array(value, np.int64)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not INT64.min <= int(value) <= INT64.max:
+            raise ValueError(f"{name} must fit in int64 ({INT64.min}..{INT64.max}), got {value!r}")
+        return np.array(int(value), np.int64)
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not np.isfinite(value) or value < 0 or value > FLOAT32.max):
+        raise ValueError(f"{name} must be a finite number >= 0 that fits in float32 (at most {FLOAT32.max:.3g}), "
+                         f"got {value!r}")
     return np.array(value, np.float32)
+
+
+def check_flag(name: str, value: object) -> np.ndarray:
+    """A Python or numpy bool (a 0-d bool array too) as the graph's 0-d bool input."""
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype == np.bool_:
+        value = value.item()
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return np.array(bool(value))
+
+
+def check_count(name: str, value: object, low: int = 1) -> int:
+    """A whole number of things (an int, not a bool) of at least `low` that fits in int64."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not low <= int(value) <= INT64.max:
+        raise ValueError(f"{name} must be an integer from {low} to {INT64.max}, got {value!r}")
+    return int(value)

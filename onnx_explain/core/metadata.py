@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import onnx
@@ -54,12 +55,78 @@ class GraphInfo:
 
     @classmethod
     def from_json(cls, text: str) -> GraphInfo:
+        """Raises ValueError naming the field that is missing or not what the runtime expects."""
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"the metadata is {_short(data)}; expected a JSON object")
         if data.pop("format", None) != FORMAT:
             raise ValueError(f"explanation graph metadata has an unknown format; this version reads format {FORMAT}")
+        _check_fields(data)
         data["maps"] = tuple(MapOutputs(**m) for m in data["maps"])
         data["layers"] = {k: tuple(v) for k, v in data["layers"].items()}
         return cls(**{**data, "input_shape": tuple(data["input_shape"]), "class_names": tuple(data["class_names"])})
+
+
+def _count(low: int) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _strings(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _shape(v: object) -> bool:
+    return isinstance(v, list) and all(_count(1)(x) for x in v)
+
+
+def _map(v: object) -> bool:
+    names = isinstance(v, dict) and set(v) <= {"method", "layer", "raw", "heatmap", "delta"}
+    return names and all(isinstance(v.get(k), str) for k in ("method", "raw", "heatmap")) and all(
+        v.get(k) is None or isinstance(v[k], str) for k in ("layer", "delta"))
+
+
+def _feature(v: object) -> bool:
+    return v is None or (isinstance(v, dict) and set(v) == {"layer", "score", "channels"}
+                         and isinstance(v["layer"], str) and v["score"] in ("max", "sum") and _count(1)(v["channels"]))
+
+
+# field -> (required, check, what is expected)
+_FIELDS: dict[str, tuple[bool, Callable[[object], bool], str]] = {
+    "input_shape": (True, lambda v: _shape(v) and len(v) == 3, "[C, H, W], three positive integers"),
+    "num_classes": (True, _count(1), "a positive integer"),
+    "class_names": (True, _strings, "a list of strings"),
+    "maps": (True, lambda v: isinstance(v, list) and len(v) > 0 and all(map(_map, v)),
+             "a non-empty list of {method, layer, raw, heatmap, delta} with string output names"),
+    "layers": (False, lambda v: isinstance(v, dict) and all(map(_shape, v.values())),
+               "an object of layer name -> [C, h, w]"),
+    "producer": (False, lambda v: isinstance(v, str), "a string"),
+    "opset": (False, _count(0), "a non-negative integer"),
+    "top_k": (False, _count(1), "a positive integer"),
+    "feature": (False, _feature, "null or {layer, score ('max' or 'sum'), channels (a positive integer)}"),
+    "sampling": (False, lambda v: isinstance(v, dict) and all(isinstance(x, (int, str)) for x in v.values()),
+                 "an object of sampling settings"),
+    "points": (False, _count(1), "a positive integer"),
+}
+
+
+def _check_fields(data: dict) -> None:
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown metadata fields {unknown}; expected {sorted(_FIELDS)}")
+    for name, (required, ok, expected) in _FIELDS.items():
+        if name not in data:
+            if required:
+                raise ValueError(f"metadata field {name!r} is missing; expected {expected}")
+        elif not ok(data[name]):
+            raise ValueError(f"metadata field {name!r} is {_short(data[name])}; expected {expected}")
+    if len(data["class_names"]) != data["num_classes"]:
+        raise ValueError(f"metadata field 'class_names' has {len(data['class_names'])} names; expected one per "
+                         f"class (num_classes {data['num_classes']})")
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def write_info(model: onnx.ModelProto, info: GraphInfo) -> None:
@@ -74,5 +141,5 @@ def read_info(model: onnx.ModelProto, source: str) -> GraphInfo:
             "export one with onnx_explain.exporters.export_explainer or `onnx-explain export`")
     try:
         return GraphInfo.from_json(props[KEY])
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{source} has corrupt onnx-explain metadata: {e}") from e

@@ -17,6 +17,7 @@ class Map:
         [N, C, H, W] for saliency and guided backprop; ReLU(sum_k w_k A_k) [N, h, w] for gradcam).
     delta: for lrp_epsilon, deeplift and integrated_gradients, the sum of `raw` minus the target's logit
         (lrp_epsilon) or minus its change from the baseline (captum's convergence delta); else None.
+    grid: for occlusion, the score drop per window position [N, nh, nw]; else None.
     """
 
     method: str
@@ -24,11 +25,16 @@ class Map:
     heatmap: np.ndarray
     raw: np.ndarray
     delta: np.ndarray | None = None  # [N], for methods whose attributions sum to the score (change)
+    grid: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """logits [N, classes]; targets int64 [N], the classes explained; maps keyed by (method, layer)."""
+    """What explain returns, for exported files and pure-inference methods alike.
+
+    logits [N, classes] of the images; targets int64 [N] (or [N, k]), the classes explained; maps keyed by
+    (method, layer), layer None for a method with one map; class_names, when the file names its classes.
+    """
 
     logits: np.ndarray
     targets: np.ndarray
@@ -65,7 +71,7 @@ class Explanation:
             raise KeyError(f"{method!r} is an input method: it has one map, nothing to fuse")
         per_layer = [_resized_cam(m) if m.raw.ndim == m.heatmap.ndim else m.heatmap for m in found]
         stacked = np.maximum(np.stack(per_layer, axis=1), 0)  # [N, L, (k,) H, W]
-        return Map(method, "+".join(m.layer for m in found), _scaled(stacked.mean(axis=1)), stacked)
+        return Map(method, "+".join(m.layer for m in found), _min_max(stacked.mean(axis=1)), stacked)
 
     def __contains__(self, key: object) -> bool:
         return key in self.methods or key in self.maps
@@ -79,10 +85,10 @@ class Explanation:
         return [name(t) if np.ndim(t) == 0 else [name(c) for c in t] for t in self.targets.tolist()]
 
 
-def cam_heatmaps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def rescaled_cams(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """pytorch-grad-cam's heatmap of CAMs [..., h, w]: rectified, scaled, resized to size (H, W) with cv2,
     scaled again."""
-    return _scaled(_resized(raw, size))
+    return _min_max(_resized(raw, size))
 
 
 def _resized_cam(found: Map) -> np.ndarray:
@@ -93,11 +99,11 @@ def _resized_cam(found: Map) -> np.ndarray:
 def _resized(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     maps = raw.reshape(-1, *raw.shape[-2:])
-    resized = [cv2.resize(_scaled(np.maximum(m, 0)), (width, height)) for m in maps]
+    resized = [cv2.resize(_min_max(np.maximum(m, 0)), (width, height)) for m in maps]
     return np.stack(resized).reshape(*raw.shape[:-2], height, width)
 
 
-def _scaled(maps: np.ndarray) -> np.ndarray:
+def _min_max(maps: np.ndarray) -> np.ndarray:
     """Min-max scaling of the last two axes to [0, 1], with pytorch-grad-cam's 1e-7 guard."""
     low = maps.min(axis=(-2, -1), keepdims=True)
     return ((maps - low) / ((maps - low).max(axis=(-2, -1), keepdims=True) + 1e-7)).astype(np.float32)

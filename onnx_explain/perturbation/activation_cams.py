@@ -12,15 +12,15 @@ import numpy as np
 import onnx
 
 from onnx_explain.core.graph import Builder, needed_inputs, value
-from onnx_explain.core.result import cam_heatmaps
+from onnx_explain.core.result import Explanation, Map, rescaled_cams
 from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
 from onnx_explain.perturbation.classifier import LAYOUTS, Classifier, classifier, resolve_layer
+from onnx_explain.perturbation.explain import explain
+from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Settings, method
 from onnx_explain.perturbation.scoring import (
-    Attribution,
-    check_batch,
     check_score,
-    class_scores,
     image_inputs,
+    image_scores,
     model_proto,
     perturbed_scores,
     resolve_targets,
@@ -32,65 +32,99 @@ from onnx_explain.perturbation.scoring import (
 ABLATION_OFFSET = 1e7  # pytorch-grad-cam's: a layer whose minimum is not 0 is ablated to its minimum minus this
 
 
+def _layout(text: str) -> str:
+    if text not in LAYOUTS:
+        raise ValueError(f"layer_layout must be one of {LAYOUTS}, got {text!r}")
+    return text
+
+
+LAYER_OPTIONS = (Option("layer", str, REQUIRED, "a tensor name or torch module name (see `onnx-explain layers MODEL`)"),
+                 Option("layer_layout", _layout, None, "the layer tensor's layout, NCHW or NHWC "
+                                                       "(default: the image input's)"))
+
+
+@method("eigencam", summary="Eigen-CAM (Muhammad & Yeasin 2020): the activations' first principal component",
+        options=LAYER_OPTIONS, class_specific=False)
+def run_eigencam(model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings, *,
+                 layer: str, layer_layout: str | None) -> Outcome:
+    """The activations [h*w, K] centred and projected on their first principal direction, by numpy's SVD
+    as pytorch-grad-cam's EigenCAM (same sign).  Class-agnostic: the predicted class is reported."""
+    layer, layout = _layer(model, layer, layer_layout)
+    graph = dict(layer=layer, layer_layout=layout, kind="activations", score="logit", batch_size=None)
+    predicted = np.full(len(images), -1, np.int64)
+    out = run_built(cam_graph, model, graph, {"images": images, "targets": predicted}, settings.providers)
+    raw = _first_component(out["activations"])
+    found = Map("eigencam", layer, rescaled_cams(raw, model.size), raw)
+    return Outcome(out["logits"], out["explained_targets"], found)
+
+
+@method("scorecam", summary="Score-CAM (Wang et al. 2020): channels weighted by the scores of the input they mask",
+        options=LAYER_OPTIONS)
+def run_scorecam(model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings, *,
+                 layer: str, layer_layout: str | None) -> Outcome:
+    """Each activation channel, upsampled (bilinear, corners aligned) and scaled to [0, 1], masks the
+    input; the softmax over channels of the target logits of those runs weights the channels.  K model
+    runs per image for a layer of K channels, batch_size at a time; raw [N, h, w] = ReLU(sum_k w_k A_k)."""
+    return _weighted("scorecam", model, images, targets, settings, layer, layer_layout)
+
+
+@method("ablationcam", summary="Ablation-CAM (Desai & Ramaswamy 2020): channels weighted by the score drop when "
+                               "each is ablated", options=LAYER_OPTIONS)
+def run_ablationcam(model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings, *,
+                    layer: str, layer_layout: str | None) -> Outcome:
+    """Channel k's weight is the relative drop of the target logit when channel k is ablated (set to 0,
+    or to the layer's minimum minus 1e7 when that minimum is not 0, as pytorch-grad-cam does).  Only the
+    part of the model after the layer runs per channel when it reads nothing else from before."""
+    return _weighted("ablationcam", model, images, targets, settings, layer, layer_layout)
+
+
+def _weighted(kind: str, model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings,
+              layer: str, layer_layout: str | None) -> Outcome:
+    layer, layout = _layer(model, layer, layer_layout)
+    graph = dict(layer=layer, layer_layout=layout, kind=kind, score="logit", batch_size=settings.batch_size)
+    out = run_built(cam_graph, model, graph, {"images": images, "targets": targets}, settings.providers)
+    found = Map(kind, layer, rescaled_cams(out["raw"], model.size), out["raw"])
+    return Outcome(out["logits"], out["explained_targets"], found)
+
+
+def _layer(model: Classifier, layer: str, layer_layout: str | None) -> tuple[str, str]:
+    return resolve_layer(model, layer), _layout(layer_layout or model.layout)
+
+
 def eigencam(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, layer: str, *,
-             layer_layout: str | None = None, providers=None) -> Attribution:
-    """Eigen-CAM (Muhammad & Yeasin 2020): the activations [h*w, K] centred and projected on their first
-    principal direction, by numpy's SVD as pytorch-grad-cam's EigenCAM (same sign).  Class-agnostic.
+             layer_layout: str | None = None, providers=None) -> Explanation:
+    """Eigen-CAM of any ONNX classifier at one inner tensor: explain(model, images, "eigencam", ...).
 
     Args:
-        model: a path, an onnx.ModelProto or onnx_explain.perturbation.classifier(...).
+        model: a path, an onnx.ModelProto or onnx_explain.classifier(...).
         images: float32 [N, C, H, W] or [N, H, W, C], as the model takes them.
         layer: a tensor name (onnx_explain.layer_tensors lists them) or, for files written by
             torch.onnx.export, the torch module whose output it is ("layer4").
         layer_layout: "NCHW" or "NHWC" for the layer's tensor; None: the image input's layout.
 
     Returns:
-        Attribution: raw [N, h, w] the projection, heatmap its positive part scaled, resized to the
-        input (cv2 bilinear) and scaled again, as pytorch-grad-cam does.
+        Explanation whose ["eigencam"] map has raw [N, h, w], the projection, and heatmap, its positive
+        part scaled, resized to the input (cv2 bilinear) and scaled again, as pytorch-grad-cam does.
     """
-    model, layer, layout = _setup(model, layer, layer_layout)
-    images, targets = check_batch(model, images, None)
-    settings = dict(layer=layer, layer_layout=layout, kind="activations", score="logit", batch_size=None)
-    scores, explained, activations = run_built(cam_graph, model, settings, {"images": images, "targets": targets},
-                                               providers)
-    raw = _first_component(activations)
-    return Attribution("eigencam", cam_heatmaps(raw, model.size), raw, explained, scores)
+    return explain(model, images, "eigencam", providers=providers, layer=layer, layer_layout=layer_layout)
 
 
 def scorecam(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, layer: str, *,
              targets: Sequence[int] | np.ndarray | int | None = None, layer_layout: str | None = None,
-             batch_size: int | None = None, providers=None) -> Attribution:
-    """Score-CAM (Wang et al. 2020): each activation channel, upsampled (bilinear, corners aligned) and
-    scaled to [0, 1], masks the input; the softmax over channels of the target logits of those runs
-    weights the channels.  K model runs per image for a layer of K channels, batch_size at a time.
-    Arguments as eigencam, and targets as occlusion; raw [N, h, w] = ReLU(sum_k w_k A_k)."""
-    return _weighted("scorecam", model, images, layer, targets, layer_layout, batch_size, providers)
+             batch_size: int | None = None, providers=None) -> Explanation:
+    """Score-CAM of any ONNX classifier: explain(model, images, "scorecam", ...).  Arguments as
+    eigencam, and targets, batch_size, providers as onnx_explain.explain; raw [N, h, w] = ReLU(sum_k w_k A_k)."""
+    return explain(model, images, "scorecam", targets, batch_size=batch_size, providers=providers, layer=layer,
+                   layer_layout=layer_layout)
 
 
 def ablationcam(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, layer: str, *,
                 targets: Sequence[int] | np.ndarray | int | None = None, layer_layout: str | None = None,
-                batch_size: int | None = None, providers=None) -> Attribution:
-    """Ablation-CAM (Desai & Ramaswamy 2020): channel k's weight is the relative drop of the target logit
-    when channel k is ablated (set to 0, or to the layer's minimum minus 1e7 when that minimum is not 0,
-    as pytorch-grad-cam does).  Only the part of the model after the layer runs per channel when it
-    reads nothing else from before.  Arguments as scorecam."""
-    return _weighted("ablationcam", model, images, layer, targets, layer_layout, batch_size, providers)
-
-
-def _weighted(method, model, images, layer, targets, layer_layout, batch_size, providers) -> Attribution:
-    model, layer, layout = _setup(model, layer, layer_layout)
-    images, targets = check_batch(model, images, targets)
-    settings = dict(layer=layer, layer_layout=layout, kind=method, score="logit", batch_size=batch_size)
-    scores, explained, raw = run_built(cam_graph, model, settings, {"images": images, "targets": targets}, providers)
-    return Attribution(method, cam_heatmaps(raw, model.size), raw, explained, scores)
-
-
-def _setup(model, layer: str, layer_layout: str | None) -> tuple[Classifier, str, str]:
-    model = classifier(model)
-    layout = layer_layout or model.layout
-    if layout not in LAYOUTS:
-        raise ValueError(f"layer_layout must be one of {LAYOUTS}, got {layer_layout!r}")
-    return model, resolve_layer(model, layer), layout
+                batch_size: int | None = None, providers=None) -> Explanation:
+    """Ablation-CAM of any ONNX classifier: explain(model, images, "ablationcam", ...).  Arguments as
+    scorecam."""
+    return explain(model, images, "ablationcam", targets, batch_size=batch_size, providers=providers, layer=layer,
+                   layer_layout=layer_layout)
 
 
 def cam_graph(model: str | Path | onnx.ModelProto | Classifier, *, layer: str, kind: str, layer_layout: str = "NCHW",
@@ -101,11 +135,11 @@ def cam_graph(model: str | Path | onnx.ModelProto | Classifier, *, layer: str, k
     model = classifier(model)
     check_score(score)
     b = Builder()
-    base, activations = class_scores(b, model, {model.image: "images"}, score, extra=[layer])
+    logits, base, (activations,) = image_scores(b, model, score, extra=[layer])
     if layer_layout == "NHWC":
         activations = b.op("Transpose", activations, perm=[0, 3, 1, 2])
     explained = resolve_targets(b, base, "targets")
-    outputs = score_outputs(b, model, base, explained)
+    outputs = score_outputs(b, model, logits, base, explained)
     if kind == "activations":
         outputs.append(value(b.named(activations, "activations"), onnx.TensorProto.FLOAT, ["N", "K", "h", "w"]))
     else:

@@ -12,20 +12,21 @@ import numpy as np
 import onnx
 
 from onnx_explain.core.graph import Builder, value
+from onnx_explain.core.result import Explanation, Map
 from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
 from onnx_explain.perturbation.classifier import Classifier, classifier
+from onnx_explain.perturbation.explain import explain
+from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Settings, method
 from onnx_explain.perturbation.scoring import (
-    Attribution,
-    check_batch,
     check_score,
-    class_scores,
     image_inputs,
+    image_scores,
+    min_max,
     model_proto,
     perturbed_scores,
     pixel_masks,
     resolve_targets,
     run_built,
-    scaled,
     score_outputs,
     target_scores,
 )
@@ -33,36 +34,56 @@ from onnx_explain.perturbation.scoring import (
 BASELINES = ("mean", "blur")
 
 
+def _size(text: str) -> int:
+    return int(text)
+
+
+def _baseline_value(text: str) -> float | str:
+    return text if text in BASELINES else float(text)
+
+
+@method("occlusion", summary="occlusion sensitivity (Zeiler & Fergus 2014): the score drop when a window is covered",
+        options=(Option("window", _size, REQUIRED, "window side in pixels, one int or (height, width)"),
+                 Option("stride", _size, REQUIRED, "stride in pixels, one int or (height, width)"),
+                 Option("baseline", _baseline_value, 0.0, "what covers a window: a number, 'mean' (each image's "
+                                                          "mean colour) or 'blur' (a Gaussian blur) (default 0)")))
+def run_occlusion(model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings, *,
+                  window: int | Sequence[int], stride: int | Sequence[int], baseline: float | str) -> Outcome:
+    """Every window position (all channels at once) is replaced by the baseline and the drop in the
+    target's score is recorded, as captum's `Occlusion` does.  Map: raw [N, H, W] the mean score drop
+    over the windows covering each pixel (0 where no window does), grid [N, nh, nw] the drop per window
+    position, heatmap the positive part of raw scaled to [0, 1]."""
+    graph = dict(window=window, stride=stride, baseline=baseline, score=settings.score,
+                 batch_size=settings.batch_size)
+    out = run_built(occlusion_graph, model, graph, {"images": images, "targets": targets}, settings.providers)
+    found = Map("occlusion", None, out["heatmap"], out["raw"], grid=out["grid"])
+    return Outcome(out["logits"], out["explained_targets"], found)
+
+
 def occlusion(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, *,
               window: int | Sequence[int], stride: int | Sequence[int], baseline: float | str = 0.0,
               targets: Sequence[int] | np.ndarray | int | None = None, score: str = "prob",
-              batch_size: int | None = None, providers=None) -> Attribution:
-    """Occlusion sensitivity of any ONNX classifier, from ONNX Runtime alone.
+              batch_size: int | None = None, providers=None) -> Explanation:
+    """Occlusion sensitivity of any ONNX classifier: explain(model, images, "occlusion", ...).
 
     Every window position (all channels at once) is replaced by the baseline and the drop in the
     target's score is recorded, as captum's `Occlusion` does.
 
     Args:
-        model: a path, an onnx.ModelProto, or onnx_explain.perturbation.classifier(...) (which also caches the session).
+        model: a path, an onnx.ModelProto, or onnx_explain.classifier(...) (which also caches the session).
         images: float32 [N, C, H, W] or [N, H, W, C], as the model takes them.
         window, stride: in pixels, one int or (height, width).
         baseline: a constant, "mean" (each image's mean colour) or "blur" (a Gaussian blur of the
             image, sigma half the smaller window side).
-        targets: classes to explain, int64 [N] or one int; None or -1: the predicted class.
-        score: "prob" (softmax) or "logit" (pre-softmax; a final Softmax in the model is looked through).
-        batch_size: images per model run (bounds memory); None: 32, or the model's fixed batch size.
+        targets, score, batch_size, providers: as for onnx_explain.explain.
 
     Returns:
-        Attribution: raw [N, H, W] the mean score drop over the windows covering each pixel (0 where no
-        window does), grid [N, nh, nw] the drop per window position, heatmap the positive part of raw
-        scaled to [0, 1].
+        Explanation whose ["occlusion"] map has raw [N, H, W], the mean score drop over the windows
+        covering each pixel (0 where no window does), grid [N, nh, nw], the drop per window position,
+        and heatmap, the positive part of raw scaled to [0, 1].
     """
-    model = classifier(model)
-    images, targets = check_batch(model, images, targets)
-    settings = dict(window=window, stride=stride, baseline=baseline, score=score, batch_size=batch_size)
-    feeds = {"images": images, "targets": targets}
-    scores, explained, grid, raw, heatmap = run_built(occlusion_graph, model, settings, feeds, providers)
-    return Attribution("occlusion", heatmap, raw, explained, scores, grid)
+    return explain(model, images, "occlusion", targets, score=score, batch_size=batch_size, providers=providers,
+                   window=window, stride=stride, baseline=baseline)
 
 
 def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window: int | Sequence[int],
@@ -80,7 +101,7 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
 
     b = Builder()
     images, targets = "images", "targets"
-    base, = class_scores(b, model, {model.image: images}, score)
+    logits, base, _ = image_scores(b, model, score)
     explained = resolve_targets(b, base, targets)
     fill = _baseline(b, model, images, baseline, min(wh, ww))
     # window w covers rows[w // nw] x cols[w % nw]; each row of these is one window's indicator
@@ -107,9 +128,9 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     total = b.op("MatMul", b.op("MatMul", b.const(rows.T), grid), b.const(cols))
     covering = np.outer(rows.sum(0), cols.sum(0))
     raw = b.op("Mul", total, b.const(np.divide(1.0, covering, out=np.zeros_like(covering), where=covering > 0)))
-    heatmap = scaled(b, b.op("Relu", raw))
+    heatmap = min_max(b, b.op("Relu", raw))
     float_, size = onnx.TensorProto.FLOAT, ["N", height, width]
-    outputs = [*score_outputs(b, model, base, explained),
+    outputs = [*score_outputs(b, model, logits, base, explained),
                value(b.named(grid, "grid"), float_, ["N", len(rows), len(cols)]),
                value(b.named(raw, "raw"), float_, size), value(b.named(heatmap, "heatmap"), float_, size)]
     return model_proto(b, model, image_inputs(model), outputs, "occlusion")

@@ -13,50 +13,63 @@ import onnx
 import onnxruntime as ort
 
 from onnx_explain.core.graph import OPSET, Builder, value
+from onnx_explain.core.inputs import check_scalar
+from onnx_explain.core.result import Explanation, Map
 from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range
 from onnx_explain.perturbation.classifier import Classifier, classifier
+from onnx_explain.perturbation.explain import explain
+from onnx_explain.perturbation.methods import Option, Outcome, Settings, method
 from onnx_explain.perturbation.scoring import (
-    Attribution,
-    check_batch,
     check_score,
-    class_scores,
     image_inputs,
+    image_scores,
+    min_max,
     model_proto,
     perturbed_scores,
     pixel_masks,
     resolve_targets,
     run_built,
-    scaled,
     score_outputs,
 )
+
+
+@method("rise", summary="RISE (Petsiuk et al. 2018): random masks weighted by the scores of the masked images",
+        options=(Option("n_masks", int, 2000, "random masks per image (default 2000)"),
+                 Option("cell", int, None, "mask cell size in pixels (default: a 7x7 grid)"),
+                 Option("p", float, 0.5, "probability of keeping a cell (default 0.5)"),
+                 Option("seed", int, 0, "mask seed: the same seed gives the same masks (default 0)")))
+def run_rise(model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings, *,
+             n_masks: int, cell: int | None, p: float, seed: int) -> Outcome:
+    """sum_i score(image * M_i) M_i / (n_masks * p); map raw [N, H, W] the saliency, heatmap raw scaled."""
+    graph = dict(n_masks=n_masks, cell=cell, p=p, score=settings.score, batch_size=settings.batch_size)
+    feeds = {"images": images, "targets": targets, "seed": check_scalar("seed", seed, "i")}
+    out = run_built(rise_graph, model, graph, feeds, settings.providers)
+    return Outcome(out["logits"], out["explained_targets"], Map("rise", None, out["heatmap"], out["raw"]))
 
 
 def rise(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, n_masks: int = 2000,
          cell: int | None = None, p: float = 0.5, seed: int = 0, *,
          targets: Sequence[int] | np.ndarray | int | None = None, score: str = "prob",
-         batch_size: int | None = None, providers=None) -> Attribution:
-    """RISE saliency of any ONNX classifier: sum_i score(image * M_i) M_i / (n_masks * p).
+         batch_size: int | None = None, providers=None) -> Explanation:
+    """RISE saliency of any ONNX classifier: explain(model, images, "rise", ...).
 
-    Each mask is a random binary grid (cells kept with probability p) upsampled bilinearly to
-    (grid + 1) cells and cropped at a random shift of less than one cell, as in the paper.
+    sum_i score(image * M_i) M_i / (n_masks * p), where each mask is a random binary grid (cells kept
+    with probability p) upsampled bilinearly to (grid + 1) cells and cropped at a random shift of less
+    than one cell, as in the paper.
 
     Args:
-        model: a path, an onnx.ModelProto or onnx_explain.perturbation.classifier(...) (which also caches the session).
+        model: a path, an onnx.ModelProto or onnx_explain.classifier(...) (which also caches the session).
         images: float32 [N, C, H, W] or [N, H, W, C], as the model takes them.
         n_masks: masks per image (the paper uses 4000 for ImageNet models).
         cell: grid cell size in pixels; None: a 7 x 7 grid (cell = ceil(min(H, W) / 7)).
         p: probability that a cell is kept.  seed: the same seed gives the same masks.
-        targets, score, batch_size, providers: as for occlusion.
+        targets, score, batch_size, providers: as for onnx_explain.explain.
 
     Returns:
-        Attribution: raw [N, H, W] the saliency, heatmap raw scaled to [0, 1].
+        Explanation whose ["rise"] map has raw [N, H, W], the saliency, and heatmap, raw scaled to [0, 1].
     """
-    model = classifier(model)
-    images, targets = check_batch(model, images, targets)
-    settings = dict(n_masks=n_masks, cell=cell, p=p, score=score, batch_size=batch_size)
-    feeds = {"images": images, "targets": targets, "seed": np.array(seed, np.int64)}
-    scores, explained, raw, heatmap = run_built(rise_graph, model, settings, feeds, providers)
-    return Attribution("rise", heatmap, raw, explained, scores)
+    return explain(model, images, "rise", targets, score=score, batch_size=batch_size, providers=providers,
+                   n_masks=n_masks, cell=cell, p=p, seed=seed)
 
 
 def rise_graph(model: str | Path | onnx.ModelProto | Classifier, *, n_masks: int = 2000, cell: int | None = None,
@@ -70,7 +83,7 @@ def rise_graph(model: str | Path | onnx.ModelProto | Classifier, *, n_masks: int
     b = Builder()
     masks = _MaskMaker(b, (height, width), n_masks, cell, p, "seed")
     images, targets = "images", "targets"
-    base, = class_scores(b, model, {model.image: images}, score)
+    logits, base, _ = image_scores(b, model, score)
     explained = resolve_targets(b, base, targets)
     n = b.op("Gather", b.op("Shape", images), b.ints(0), axis=0)
     count = b.const(n_masks, "int64")
@@ -90,8 +103,8 @@ def rise_graph(model: str | Path | onnx.ModelProto | Classifier, *, n_masks: int
     total, = chunk_loop(b, trips, body, [total], [])
     raw = b.op("Reshape", b.op("Mul", total, b.const(1.0 / (n_masks * p))), b.ints(-1, height, width))
     float_, size = onnx.TensorProto.FLOAT, ["N", height, width]
-    outputs = [*score_outputs(b, model, base, explained), value(b.named(raw, "raw"), float_, size),
-               value(b.named(scaled(b, raw), "heatmap"), float_, size)]
+    outputs = [*score_outputs(b, model, logits, base, explained), value(b.named(raw, "raw"), float_, size),
+               value(b.named(min_max(b, raw), "heatmap"), float_, size)]
     proto = model_proto(b, model, [*image_inputs(model), value("seed", onnx.TensorProto.INT64, [])], outputs, "rise")
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(seed, np.int64), "seed"))  # a default
     return proto

@@ -4,7 +4,6 @@ and running such a graph, one cached ONNX Runtime session per graph."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -20,40 +19,29 @@ from onnx_explain.perturbation.classifier import Classifier
 SCORES = ("prob", "logit")
 
 
-@dataclass(frozen=True)
-class Attribution:
-    """What a pure-inference method returns.
-
-    heatmap: float32 [N, H, W] in [0, 1] at input resolution.
-    raw: the method's own map (per method: occlusion's mean score drop per pixel, RISE's saliency,
-        a CAM at layer resolution [N, h, w]).
-    targets: int64 [N], the classes explained.  scores: [N, classes] of the unperturbed images (the
-        probabilities or logits, as `score` chose).  grid: occlusion's score drop per window [N, nh, nw].
-    """
-
-    method: str
-    heatmap: np.ndarray
-    raw: np.ndarray
-    targets: np.ndarray
-    scores: np.ndarray
-    grid: np.ndarray | None = None
-
-
 def check_score(score: str) -> str:
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES} (softmax probability or pre-softmax logit), got {score!r}")
     return score
 
 
-def class_scores(b: Builder, model: Classifier, bindings: dict[str, str], score: str,
-                 extra: Sequence[str] = ()) -> list[str]:
+def class_scores(b: Builder, model: Classifier, bindings: dict[str, str], score: str) -> str:
     """[batch, classes] probabilities or logits of a batch (a final Softmax in the model is looked
-    through for logits), then the `extra` model tensors asked for."""
+    through for logits)."""
     wanted = model.probabilities if score == "prob" and model.probabilities else model.scores
-    outs = run_model(b, model, bindings, [wanted, *extra])
-    if score == "prob" and not model.probabilities:
-        outs[0] = b.op("Softmax", outs[0], axis=-1)
-    return outs
+    scores, = run_model(b, model, bindings, [wanted])
+    return b.op("Softmax", scores, axis=-1) if score == "prob" and not model.probabilities else scores
+
+
+def image_scores(b: Builder, model: Classifier, score: str, extra: Sequence[str] = ()) -> tuple[str, str, list[str]]:
+    """(logits, scores as `score` chose, the `extra` model tensors) of the unperturbed images, from one
+    run of the model."""
+    prob = score == "prob" and model.probabilities
+    outs = run_model(b, model, {model.image: "images"}, [model.scores, *([prob] if prob else []), *extra])
+    logits, rest = outs[0], outs[1:]
+    if score == "logit":
+        return logits, logits, rest
+    return logits, (rest.pop(0) if prob else b.op("Softmax", logits, axis=-1)), rest
 
 
 def perturbed_scores(b: Builder, model: Classifier, perturbed: str | dict[str, str], n: str, targets: str,
@@ -61,7 +49,7 @@ def perturbed_scores(b: Builder, model: Classifier, perturbed: str | dict[str, s
     """Target scores [chunk, N] of a chunk of perturbed copies of the images [chunk, N, *image shape]
     (or of the model tensors given as {name: [chunk, N, ...]}, which cut the model there)."""
     bindings = perturbed if isinstance(perturbed, dict) else {model.image: perturbed}
-    scores, = class_scores(b, model, {k: merge_leading(b, v) for k, v in bindings.items()}, score)
+    scores = class_scores(b, model, {k: merge_leading(b, v) for k, v in bindings.items()}, score)
     classes = b.op("Slice", b.op("Shape", scores), b.ints(1), b.ints(2))
     return target_scores(b, b.op("Reshape", scores, b.op("Concat", b.ints(-1), n, classes, axis=0)), targets)
 
@@ -85,7 +73,7 @@ def target_scores(b: Builder, scores: str, targets: str) -> str:
     return b.op("Squeeze", b.op("GatherElements", scores, index, axis=-1), b.ints(-1))
 
 
-def scaled(b: Builder, maps: str) -> str:
+def min_max(b: Builder, maps: str) -> str:
     """Min-max scaling of each [H, W] map to [0, 1], with pytorch-grad-cam's 1e-7 guard."""
     axes = b.ints(-2, -1)
     low = b.op("Sub", maps, b.op("ReduceMin", maps, axes, keepdims=1))
@@ -103,9 +91,12 @@ def model_proto(b: Builder, model: Classifier, inputs: list, outputs: list, name
     return proto
 
 
-def score_outputs(b: Builder, model: Classifier, scores: str, explained: str) -> list:
-    """The outputs every method's graph starts with: "scores" [N, classes] and "explained_targets" [N]."""
-    return [value(b.named(scores, "scores"), onnx.TensorProto.FLOAT, ["N", model.num_classes]),
+def score_outputs(b: Builder, model: Classifier, logits: str, scores: str, explained: str) -> list:
+    """The outputs every method's graph starts with: "logits" and "scores" [N, classes] (the same
+    tensor's values for score="logit") and "explained_targets" [N]."""
+    classes = ["N", model.num_classes]
+    return [value(b.named(logits, "logits"), onnx.TensorProto.FLOAT, classes),
+            value(b.named(scores, "scores"), onnx.TensorProto.FLOAT, classes),
             value(b.named(explained, "explained_targets"), onnx.TensorProto.INT64, ["N"])]
 
 
@@ -130,13 +121,15 @@ def _session(model: Classifier, build: Callable, settings: tuple, providers: tup
 
 
 def run_built(build: Callable[..., onnx.ModelProto], model: Classifier, settings: dict,
-              feeds: dict[str, np.ndarray], providers) -> list[np.ndarray]:
-    """Build the graph `build(model, **settings)` and run it; the session is kept for the next call with
-    the same classifier object and settings (pass an onnx_explain.perturbation.classifier(...) to reuse it)."""
+              feeds: dict[str, np.ndarray], providers) -> dict[str, np.ndarray]:
+    """Build the graph `build(model, **settings)` and run it: its outputs by name.  The session is kept
+    for the next call with the same classifier object and settings (pass an onnx_explain.classifier(...)
+    to reuse it)."""
     frozen = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items())
     session = _session(model, build, frozen, tuple(resolve_providers(providers)))
     try:
-        return session.run(None, feeds)
+        outputs = session.run(None, feeds)
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
         raise ValueError(f"ONNX Runtime could not run the model: {str(e).splitlines()[0]}") from e
+    return dict(zip((o.name for o in session.get_outputs()), outputs, strict=True))

@@ -58,8 +58,10 @@ def save_png(path: str | Path, rgb: np.ndarray, scale: int = 1) -> Path:
     return path
 
 
-def normalized(image: np.ndarray, mean=None, std=None) -> np.ndarray:
+def standardized(image: np.ndarray, mean=None, std=None) -> np.ndarray:
     """[C, H, W] minus a per-channel mean, divided by a per-channel std (each optional), float32."""
+    if std is not None and not (np.isfinite(std).all() and (np.asarray(std) > 0).all()):
+        raise ValueError(f"std must be positive finite numbers (one per channel), got {list(std)}")
     x = image
     if mean is not None:
         x = x - np.asarray(mean, np.float32)[:, None, None]

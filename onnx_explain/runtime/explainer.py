@@ -9,14 +9,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_explain.core.inputs import check_baselines, check_images, check_scalar, check_targets
+from onnx_explain.core.inputs import check_images, check_targets
 from onnx_explain.core.metadata import GraphInfo, read_info
+from onnx_explain.core.options import GRAPH_OPTIONS
 from onnx_explain.core.providers import resolve_providers
 from onnx_explain.core.result import Explanation, Map
 
-# Images per graph run: 32-step integrated gradients runs one image at a time (1.4 GB peak for 8 resnet18
-# images at 224x224, 4.3 GB in one run), a gradient map 64; on 2 CPU cores a run of 32 images or more
-# costs the same per image.
+# Images per graph run, which bounds memory: a sampled method's points count (32-step integrated gradients
+# runs one image at a time), a gradient map takes 64; on CPU, runs of 32 images or more cost the same per
+# image, so larger runs would only use more memory (docs/performance.md).
 MAX_IMAGES_PER_RUN = 64
 
 
@@ -114,19 +115,16 @@ class Explainer:
         targets = check_targets(targets, len(images), len(self.info.target_names), self.info.top_k, what)
         maps = self._select(methods)
         names = ["logits", "explained_targets"] + [n for m in maps for n in (m.raw, m.heatmap, m.delta) if n]
-        options = {"counterfactual": None if counterfactual is None else np.array(bool(counterfactual)),
-                   "baselines": None if baselines is None else check_baselines(baselines, len(images),
-                                                                               self.info.input_shape),
-                   "seed": None if seed is None else check_scalar("seed", seed, "i"),
-                   "noise_std": None if noise_std is None else check_scalar("noise_std", noise_std, "f"),
-                   "lrp_epsilon": None if lrp_epsilon is None else check_scalar("lrp_epsilon", lrp_epsilon, "f")}
+        given = {"counterfactual": counterfactual, "baselines": baselines, "seed": seed, "noise_std": noise_std,
+                 "lrp_epsilon": lrp_epsilon}
         feeds = {"images": images, "targets": targets}
-        for name, value in options.items():
+        for option in GRAPH_OPTIONS:
+            value = given[option.name]
             if value is not None:
-                if name not in self.inputs:
-                    raise ValueError(f"{self.path.name} has no {name} input: none of its methods "
-                                     f"{list(self.methods)} takes it (or it was exported before it existed)")
-                feeds[name] = value
+                if option.name not in self.inputs:
+                    raise ValueError(f"{self.path.name} has no {option.name} input: none of its methods "
+                                     f"{list(self.methods)} takes it")
+                feeds[option.name] = option.check(value, len(images), self.info.input_shape)
         values = dict(zip(names, self.run(names, feeds), strict=True))
         result = {(m.method, m.layer): Map(m.method, m.layer, values[m.heatmap], values[m.raw], values.get(m.delta))
                   for m in maps}

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+
 from onnx_explain.exporters.errors import UnsupportedOpError
 from onnx_explain.exporters.translations import TRANSLATIONS, aten, check_index_readers
 

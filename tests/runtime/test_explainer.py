@@ -8,11 +8,11 @@ import pytest
 import references
 import torch
 from conftest import methods_for
+
+from onnx_explain import Explainer, boxes, class_model, overlay, pointing_hits
 from onnx_explain.exporters import export_explainer
 from onnx_explain.models.shapenet import INPUT_SHAPE
 from onnx_explain.models.shapes import CLASSES, TEST_SEED, make_shapes
-
-from onnx_explain import Explainer, boxes, class_model, overlay, pointing_hits
 
 
 @pytest.fixture(scope="module")

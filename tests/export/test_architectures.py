@@ -9,6 +9,7 @@ import pytest
 import references
 import torch
 from conftest import images
+
 from onnx_explain.exporters.validate import agreement_problem
 
 MORE_MODELS = ["vgg11"]

@@ -1,4 +1,4 @@
-"""The relevance and sampled methods beyond raw parity (tests/test_parity.py): their runtime inputs
+"""The relevance and sampled methods beyond raw parity (tests/export/test_parity.py): their runtime inputs
 (epsilon, baselines, seed, noise), the sums they promise, the DeepLIFT reference itself, and errors."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import pytest
 import references
 import torch
 from conftest import IG_STEPS, NOISE_SAMPLES, images
+
+from onnx_explain import Explainer
 from onnx_explain.exporters import export_explainer
 from onnx_explain.exporters.errors import UnsupportedOpError
 from onnx_explain.exporters.sampling import INTEGRATION_METHODS, integration_rule
 from onnx_explain.exporters.validate import RTOL, per_image_errors
-
-from onnx_explain import Explainer
 
 MODELS = ["shapenet", "resnet18"]
 

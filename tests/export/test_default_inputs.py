@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
 from onnx_explain.exporters.default_inputs import _LARGE_BYTES, cache_default, cache_defaults
 
 DEFAULT = np.array([[0.5, -1.0]], np.float32)

@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx_explain.exporters import LayerNotFoundError, UnsupportedOpError, export_explainer
 from torch import nn
 
 from onnx_explain.core.metadata import read_info
+from onnx_explain.exporters import LayerNotFoundError, UnsupportedOpError, export_explainer
 
 
 def _tiny() -> nn.Module:

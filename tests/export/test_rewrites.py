@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
 from onnx_explain.exporters.decompositions import aten
 from onnx_explain.exporters.rewrites import factors_before_pool_routing
 from onnx_explain.exporters.translations import active
-from torch.fx.experimental.proxy_tensor import make_fx
 
 POOL = ([3, 3], [2, 2], [1, 1], [1, 1], False)
 

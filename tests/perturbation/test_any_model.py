@@ -50,10 +50,12 @@ def test_occlusion_matches_captum(nets, name):
 
     net, path = nets[name]
     x, targets = images(), np.array([3, -1])
-    got = ox.occlusion(path, x, window=8, stride=4, score="logit", targets=targets)
-    assert got.targets[0] == 3 and got.targets[1] == plain_scores(path, x)[1].argmax()
+    result = ox.occlusion(path, x, window=8, stride=4, score="logit", targets=targets)
+    assert result.targets[0] == 3 and result.targets[1] == plain_scores(path, x)[1].argmax()
+    assert np.allclose(result.logits, plain_scores(path, x), atol=1e-5)
+    got = result["occlusion"]
     want = Occlusion(net).attribute(torch.from_numpy(x), sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4),
-                                    baselines=0, target=torch.from_numpy(got.targets))[:, 0].numpy()
+                                    baselines=0, target=torch.from_numpy(result.targets))[:, 0].numpy()
     assert relative(got.raw, want) < RTOL
     assert got.grid.shape == (2, 7, 7) and got.heatmap.shape == (2, SIZE, SIZE)
     assert got.heatmap.min() >= 0 and np.isclose(got.heatmap.max(), 1, atol=1e-5)
@@ -81,7 +83,8 @@ def test_occlusion_baselines_and_uncovered_pixels(nets, baseline):
     _, path = nets["resnet18"]
     x = images(1)
     window, stride = 12, 8  # windows start at 0, 8, 16: the last 4 rows and columns are never covered
-    got = ox.occlusion(path, x, window=window, stride=stride, baseline=baseline, score="logit")
+    result = ox.occlusion(path, x, window=window, stride=stride, baseline=baseline, score="logit")
+    got = result["occlusion"]
     if baseline == "mean":
         fill = np.broadcast_to(x[0].mean(axis=(1, 2), keepdims=True), x[0].shape)
     else:
@@ -89,7 +92,7 @@ def test_occlusion_baselines_and_uncovered_pixels(nets, baseline):
         k = 2 * int(np.ceil(2 * sigma)) + 1
         fill = cv2.GaussianBlur(x[0].transpose(1, 2, 0), (k, k), sigma, borderType=cv2.BORDER_REFLECT_101)
         fill = fill.transpose(2, 0, 1)
-    grid, raw = occluded_reference(path, x[0], window, stride, fill, int(got.targets[0]))
+    grid, raw = occluded_reference(path, x[0], window, stride, fill, int(result.targets[0]))
     assert relative(got.grid[0], grid) < RTOL
     assert relative(got.raw[0], raw) < RTOL
     assert np.all(got.raw[0, 28:] == 0) and np.all(got.raw[0, :, 28:] == 0)
@@ -104,10 +107,13 @@ def test_score_prob_and_softmax_in_the_model(tmp_path):
     kwargs = dict(window=16, stride=8, targets=[1, 2])
     logit_plain = ox.occlusion(plain, x, score="logit", **kwargs)
     logit_soft = ox.occlusion(soft, x, score="logit", **kwargs)  # the final Softmax is looked through
-    assert relative(logit_soft.raw, logit_plain.raw) < RTOL
+    assert relative(logit_soft["occlusion"].raw, logit_plain["occlusion"].raw) < RTOL
+    assert np.allclose(logit_soft.logits, plain_scores(plain, x), atol=1e-5)  # logits, not probabilities
     prob_plain, prob_soft = ox.occlusion(plain, x, **kwargs), ox.occlusion(soft, x, **kwargs)
-    assert relative(prob_soft.raw, prob_plain.raw) < RTOL
-    assert np.allclose(prob_plain.scores.sum(axis=1), 1, atol=1e-5)
+    assert relative(prob_soft["occlusion"].raw, prob_plain["occlusion"].raw) < RTOL
+    assert np.allclose(prob_soft.logits, logit_soft.logits)
+    prob_drops, logit_drops = prob_plain["occlusion"].grid, logit_plain["occlusion"].grid
+    assert np.abs(prob_drops).max() <= 1 and not np.allclose(prob_drops, logit_drops)
 
 
 def test_nhwc_model_written_by_hand():
@@ -117,10 +123,10 @@ def test_nhwc_model_written_by_hand():
     x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     for method, kwargs in ((ox.occlusion, dict(window=4, stride=2, baseline="blur")),
                            (ox.rise, dict(n_masks=50, cell=4))):
-        a, b = method(nchw, x, **kwargs), method(nhwc, x_last, **kwargs)
+        a, b = method(nchw, x, **kwargs)[method.__name__], method(nhwc, x_last, **kwargs)[method.__name__]
         assert relative(b.raw, a.raw) < RTOL, method.__name__
     for cam in (ox.eigencam, ox.scorecam, ox.ablationcam):  # the activations stay NCHW inside this model
-        a, b = cam(nchw, x, "act"), cam(nhwc, x_last, "act", layer_layout="NCHW")
+        a, b = cam(nchw, x, "act")[cam.__name__], cam(nhwc, x_last, "act", layer_layout="NCHW")[cam.__name__]
         assert relative(b.raw, a.raw) < RTOL, cam.__name__
 
 
@@ -129,24 +135,26 @@ def test_fixed_batch_is_padded_and_chunked(nets, tmp_path):
     fixed = torch_export(net, tmp_path / "fixed.onnx", SIZE, batch=4)
     assert ox.classifier(fixed).batch == 4
     x = images(3)
-    want = ox.occlusion(dynamic, x, window=16, stride=8, score="logit")
-    got = ox.occlusion(fixed, x, window=16, stride=8, score="logit", batch_size=8)
+    want = ox.occlusion(dynamic, x, window=16, stride=8, score="logit")["occlusion"]
+    got = ox.occlusion(fixed, x, window=16, stride=8, score="logit", batch_size=8)["occlusion"]
     assert relative(got.raw, want.raw) < RTOL
-    assert relative(ox.ablationcam(fixed, x, "layer4").raw, ox.ablationcam(dynamic, x, "layer4").raw) < RTOL
+    fixed_cam, dynamic_cam = ox.ablationcam(fixed, x, "layer4"), ox.ablationcam(dynamic, x, "layer4")
+    assert relative(fixed_cam["ablationcam"].raw, dynamic_cam["ablationcam"].raw) < RTOL
 
 
 def test_rise_is_its_formula_on_its_masks(nets):
     _, path = nets["resnet18"]
     x = images()
-    got = ox.rise(path, x, n_masks=40, cell=8, p=0.5, seed=7, score="logit", batch_size=16)
+    result = ox.rise(path, x, n_masks=40, cell=8, p=0.5, seed=7, score="logit", batch_size=16)
+    got = result["rise"]
     masks = ox.rise_masks((SIZE, SIZE), n_masks=40, cell=8, p=0.5, seed=7)
     assert masks.shape == (40, SIZE, SIZE) and 0.3 < masks.mean() < 0.7 and masks.min() >= 0 and masks.max() <= 1
     for n in range(2):
-        scores = plain_scores(path, x[n][None] * masks[:, None])[:, got.targets[n]]
+        scores = plain_scores(path, x[n][None] * masks[:, None])[:, result.targets[n]]
         want = np.einsum("m,mhw->hw", scores, masks) / (40 * 0.5)
         assert relative(got.raw[n], want) < RTOL
-    again = ox.rise(path, x, n_masks=40, cell=8, p=0.5, seed=7, score="logit", batch_size=16)
-    other = ox.rise(path, x, n_masks=40, cell=8, p=0.5, seed=8, score="logit")
+    again = ox.rise(path, x, n_masks=40, cell=8, p=0.5, seed=7, score="logit", batch_size=16)["rise"]
+    other = ox.rise(path, x, n_masks=40, cell=8, p=0.5, seed=8, score="logit")["rise"]
     assert np.array_equal(again.raw, got.raw) and not np.allclose(other.raw, got.raw)
 
 
@@ -160,10 +168,11 @@ def test_activation_cams_match_pytorch_grad_cam(nets, name, method):
     net, path = nets[name]
     layer = CAM_LAYERS[name]
     x = images()
-    got = getattr(ox, method)(path, x, layer)
+    result = getattr(ox, method)(path, x, layer)
+    got = result[method]
     module = dict(net.named_modules())[layer]
     kind = {"eigencam": pgc.EigenCAM, "scorecam": pgc.ScoreCAM, "ablationcam": pgc.AblationCAM}[method]
-    targets = [ClassifierOutputTarget(int(t)) for t in got.targets]
+    targets = [ClassifierOutputTarget(int(t)) for t in result.targets]
     with kind(model=net, target_layers=[module]) as cam:
         heatmap = cam(torch.from_numpy(x), targets=targets)
         activations = layer_output(net, layer, x).numpy()
@@ -225,7 +234,7 @@ def test_command_line_on_an_nhwc_model(tmp_path, capsys):
     model = str(tmp_path / "nhwc.onnx")
     assert main(["layers", model]) == 0
     assert "act" in capsys.readouterr().out
-    for command in (["occlusion", "--window", "4", "--stride", "2"], ["rise", "--masks", "16"],
+    for command in (["occlusion", "--window", "4", "--stride", "2"], ["rise", "--n-masks", "16"],
                     ["scorecam", "--layer", "act", "--layer-layout", "NCHW"]):
         assert main([command[0], model, str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), *command[1:]]) == 0
         assert (tmp_path / "out" / f"a.{command[0]}.png").is_file()
@@ -245,8 +254,9 @@ def test_occlusion_with_torch_unimportable(tmp_path):
         import numpy as np
         import onnx_explain as ox
         x = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
-        assert ox.occlusion({str(tmp_path / "nhwc.onnx")!r}, x, window=4, stride=4).heatmap.shape == (2, 16, 16)
-        assert ox.eigencam({str(tmp_path / "nhwc.onnx")!r}, x, "act", layer_layout="NCHW").raw.shape == (2, 16, 16)
+        path = {str(tmp_path / "nhwc.onnx")!r}
+        assert ox.occlusion(path, x, window=4, stride=4)["occlusion"].heatmap.shape == (2, 16, 16)
+        assert ox.eigencam(path, x, "act", layer_layout="NCHW")["eigencam"].raw.shape == (2, 16, 16)
         print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

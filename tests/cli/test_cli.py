@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from onnx_explain.models.shapes import TEST_SEED, make_shapes
-
 from onnx_explain.cli import main
+from onnx_explain.models.shapes import TEST_SEED, make_shapes
 from onnx_explain.render.drawing import save_png, to_rgb8
 
 

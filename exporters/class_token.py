@@ -13,6 +13,7 @@ them as single calls, so their hooks still see every token.
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections.abc import Iterable
 
@@ -20,6 +21,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+
+log = logging.getLogger(__name__)
 
 # Modules that act on each token alone (on the last axis, or element by element).
 _TOKENWISE = (nn.LayerNorm, nn.Linear, nn.Dropout, nn.Identity, nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Sigmoid)
@@ -32,7 +35,9 @@ def on_read_token(model: nn.Module, input_shape: tuple[int, ...], whole: Iterabl
     attention and the head run only on the token the head reads.  `whole`: module names to keep whole."""
     try:
         return _pruned(model, input_shape, set(whole)) or model
-    except Exception:  # noqa: BLE001 -- fx cannot trace every model; such a model is exported as it is
+    except Exception as e:  # noqa: BLE001 -- fx cannot trace every model; such a model is exported as it is
+        log.info("exporting %s whole: torch.fx could not trace it to run its last layers on the read token (%s)",
+                 type(model).__name__, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return model
 
 

@@ -12,19 +12,19 @@ import pytest
 import references
 import torch
 from conftest import SIZE, images
-from onnx_explain.exporters import export_explainer
-from onnx_explain.exporters.errors import LayerNotFoundError
-from onnx_explain.exporters.pruning import on_read_token
-from onnx_explain.exporters.validate import agreement_problem
 from torchvision.models.vision_transformer import VisionTransformer
 
 from onnx_explain import Explainer
+from onnx_explain.exporters import export_explainer
+from onnx_explain.exporters.class_token import on_read_token
+from onnx_explain.exporters.errors import LayerNotFoundError
+from onnx_explain.exporters.validate import agreement_problem
 
 LAYER = "encoder.layers.encoder_layer_1.ln_1"  # pytorch-grad-cam's example: the last block's first norm
 GRID = (4, 4)
 CAM_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 METHODS = [*CAM_METHODS, "saliency", "guided_gradcam"]
-HEATMAP_ATOL = 1e-3  # cv2.resize's fixed-point bilinear weights in pytorch-grad-cam (tests/test_parity.py)
+HEATMAP_ATOL = 1e-3  # cv2.resize's fixed-point bilinear weights in pytorch-grad-cam (tests/export/test_parity.py)
 
 
 def small_vit() -> VisionTransformer:
@@ -87,9 +87,8 @@ def test_cam_refuses_the_class_token_head(tmp_path):
 
 
 def test_command_line_exports_and_explains_a_token_layer(tmp_path, capsys):
-    from onnx_explain.models.shapes import TEST_SEED, make_shapes
-
     from onnx_explain.cli import main
+    from onnx_explain.models.shapes import TEST_SEED, make_shapes
     from onnx_explain.render.drawing import save_png, to_rgb8
 
     saved, model = tmp_path / "vit.pt", tmp_path / "vit.onnx"

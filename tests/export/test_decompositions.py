@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from onnx_explain import Explainer
 from onnx_explain.exporters import export_explainer, rules
 from onnx_explain.exporters.decompositions import REGISTRY, aten
 from onnx_explain.exporters.errors import UnsupportedOpError
-
-from onnx_explain import Explainer
 
 torch.manual_seed(0)
 

@@ -103,6 +103,7 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         >>> export_explainer(load_shapenet(), "shapenet.onnx", input_shape=(3, 64, 64), layers=["features"])
     """
     chosen = _check_methods(methods)
+    path = _writable(Path(path))
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ValueError(f"input_shape must be [C, H, W] of one image, got {list(input_shape)}")
@@ -111,9 +112,9 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         raise ValueError(f"methods {[m.name for m in chosen if m.at == 'layer']} need layers=[...]: "
                          "name the module(s) whose activations they explain")
     with frozen(model):
+        num_classes = _num_classes(model, input_shape)  # first: it says plainly when the shape does not fit
         tapped = (resolve_layers(model, layer_names, input_shape, token_grid)
                   if any(m.at == "layer" for m in chosen) else {})
-        num_classes = _num_classes(model, input_shape)
         feature = _feature_target(model, chosen, feature_layer, feature_score, input_shape, token_grid)
         choices = feature.info.shape[0] if feature else num_classes
         if not 1 <= top_k <= choices:
@@ -137,12 +138,21 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         points=1 + sum(sampling.evaluations(s) for s in {m.sampler for m in chosen if m.sampler}),
         feature={"layer": feature.layer, "score": feature.score, "channels": choices} if feature else None)
     write_info(proto, info)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path))
     if validate_export:
         validate(path, traced, {m.name: sampling.evaluations(m.sampler) for m in chosen if m.sampler})
     return info
+
+
+def _writable(path: Path) -> Path:
+    """Checked before the export's work: the file can be written where it is asked for."""
+    if path.is_dir():
+        raise ValueError(f"cannot write the export to {path}: it is a directory; name a .onnx file")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"cannot write the export to {path}: {blocking} is a file, not a folder")
+    return path
 
 
 def _sampling(steps: int, integration: str, samples: int) -> Sampling:
@@ -194,8 +204,16 @@ def _feature_target(model: nn.Module, chosen, layer: str | None, score: str, inp
 
 
 def _num_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    with torch.no_grad():
-        out = model(torch.zeros(1, *input_shape))
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_shape))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:  # torch's shape errors come as these
+        first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        takes = (f"; its first layer takes {first.in_channels} channels" if isinstance(first, nn.Conv2d) else
+                 f"; its first layer takes {first.in_features} features" if first is not None else "")
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"the model cannot run on one image of input_shape {list(input_shape)}{takes} "
+                         f"(torch: {reason})") from e
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the model must return logits [N, classes]; it returned {got}")

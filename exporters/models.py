@@ -25,7 +25,10 @@ def load_model(spec: str) -> tuple[nn.Module, tuple[int, int, int], list[str], l
     if path.suffix in (".pt", ".pth") or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"no saved model at {path}")
-        model = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            model = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # pickle, zipfile and torch each raise their own types for a foreign file
+            raise ValueError(f"{path} is not a file written by torch.save(model): {str(e).splitlines()[0]}") from e
         if not isinstance(model, nn.Module):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a module saved with torch.save(model) "
                              "(a state_dict needs its model class: export it from Python)")

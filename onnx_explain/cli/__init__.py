@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
+        _check_out(args)
         if args.command in cli_models.COMMANDS:
             cli_models.run(args)
         elif args.command == "demo":
@@ -37,10 +38,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             exported.export(args)
         else:
             exported.explain(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"onnx-explain {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as e:  # every expected failure: one line, no traceback
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"onnx-explain {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """The cheap checks first: an output folder that cannot be one fails before any work."""
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"--out {out} cannot be a folder: {blocking} is a file")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_explain.core.inputs import check_count
 from onnx_explain.core.progress import progress
 from onnx_explain.render.drawing import overlay, save_png, to_rgb8
 from onnx_explain.render.pointing import pointing_hits
@@ -22,6 +23,7 @@ IG_STEPS, NOISE_SAMPLES = 16, 8
 def run_demo(out: Path, n_show: int = 16, n_score: int = 200) -> dict[str, float]:
     """Write out/index.html with overlays per image and method; print and return each method's
     pointing-game accuracy on `n_score` held-out images."""
+    n_show, n_score = check_count("images", n_show), check_count("score_images", n_score)
     from onnx_explain.exporters import METHODS, export_explainer  # the demo exports, so it needs onnx-explain[export]
     from onnx_explain.models.shapenet import INPUT_SHAPE, TARGET_LAYER, load_shapenet
     from onnx_explain.models.shapes import CLASSES, TEST_SEED, make_shapes

@@ -34,10 +34,12 @@ def check_targets(targets: object, n: int, num_classes: int, top_k: int = 1, wha
     if targets is None:
         return np.full(shape, -1, dtype=np.int64)
     arr = np.asarray(targets)
+    if arr.size == 0:
+        raise ValueError(f"targets is empty; expected one {what} index per image ({n}), or None for the predicted")
     if arr.dtype.kind not in "iu":
         raise ValueError(f"targets must be integer {what} indices, got dtype {arr.dtype}")
     if arr.ndim == 0 and top_k == 1:
-        arr = np.full(n, int(arr), dtype=np.int64)
+        arr = np.full(n, arr)
     if arr.shape != shape:
         expected = (f"int64 [N] = [{n}] (one {what} per image" if top_k == 1 else
                     f"int64 [N, k] = [{n}, {top_k}] (this file explains {top_k} per image")
@@ -54,7 +56,8 @@ def check_baselines(baselines: object, n: int, input_shape: Sequence[int]) -> np
     shape = tuple(input_shape)
     if isinstance(baselines, (bool, np.bool_)) or not isinstance(baselines, (int, float, np.number, np.ndarray)):
         raise ValueError(f"baselines must be a number or a float32 array, got {type(baselines).__name__}")
-    arr = np.asarray(baselines, dtype=np.float32) if not isinstance(baselines, np.ndarray) else baselines
+    with np.errstate(over="ignore"):  # a number beyond float32 becomes inf, refused below
+        arr = np.asarray(baselines, dtype=np.float32) if not isinstance(baselines, np.ndarray) else baselines
     if arr.ndim == 0:
         arr = np.full((1, *shape), arr, np.float32)
     if arr.shape == shape:
@@ -78,7 +81,7 @@ def check_scalar(name: str, value: object, kind: str) -> np.ndarray:
             raise ValueError(f"{name} must fit in int64 ({INT64.min}..{INT64.max}), got {value!r}")
         return np.array(int(value), np.int64)
     if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not np.isfinite(value) or value < 0 or value > FLOAT32.max):
+            or not 0 <= _as_float(value) <= FLOAT32.max):  # NaN fails the range test
         raise ValueError(f"{name} must be a finite number >= 0 that fits in float32 (at most {FLOAT32.max:.3g}), "
                          f"got {value!r}")
     return np.array(value, np.float32)
@@ -100,3 +103,10 @@ def check_count(name: str, value: object, low: int = 1) -> int:
     if not low <= int(value) <= INT64.max:
         raise ValueError(f"{name} must be an integer from {low} to {INT64.max}, got {value!r}")
     return int(value)
+
+
+def _as_float(value: int | float | np.number) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        return float("inf")

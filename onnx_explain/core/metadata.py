@@ -143,3 +143,33 @@ def read_info(model: onnx.ModelProto, source: str) -> GraphInfo:
         return GraphInfo.from_json(props[KEY])
     except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{source} has corrupt onnx-explain metadata: {e}") from e
+
+
+def check_graph(info: GraphInfo, session, source: str) -> None:
+    """The metadata agrees with the graph ONNX Runtime loaded: every output it names exists, the targets'
+    rank matches top_k, the logits have num_classes columns and top_k fits the targets there are.
+
+    Raises:
+        ValueError: naming the metadata field that disagrees with the graph.
+    """
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    named = ["logits", "explained_targets", *(n for m in info.maps for n in (m.raw, m.heatmap, m.delta) if n)]
+    missing = [n for n in named if n not in outputs]
+    if missing:
+        raise ValueError(f"{source}'s metadata field 'maps' names outputs the graph does not have: {missing}")
+    classes = outputs["logits"][1] if len(outputs["logits"]) == 2 else None
+    if isinstance(classes, int) and classes != info.num_classes:
+        raise ValueError(f"{source}'s metadata field 'num_classes' is {info.num_classes}; the graph's logits "
+                         f"have {classes}")
+    targets = inputs.get("targets")
+    if targets is None or len(targets) != (1 if info.top_k == 1 else 2) or (
+            info.top_k > 1 and isinstance(targets[1], int) and targets[1] != info.top_k):
+        raise ValueError(f"{source}'s metadata field 'top_k' is {info.top_k}; the graph's targets input is "
+                         f"{targets}")
+    if info.top_k > len(info.target_names):
+        raise ValueError(f"{source}'s metadata field 'top_k' is {info.top_k}, more than the "
+                         f"{len(info.target_names)} targets there are")
+    unknown = sorted({m.layer for m in info.maps if m.layer is not None} - set(info.layers))
+    if unknown:
+        raise ValueError(f"{source}'s metadata field 'maps' names layers {unknown} missing from 'layers'")

@@ -1,10 +1,13 @@
-"""Choosing ONNX Runtime execution providers: CUDA first when it is there, else CPU."""
+"""ONNX Runtime sessions: choosing execution providers (CUDA first when it is there, else CPU) and
+building a session with an error that says what went wrong."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import onnxruntime as ort
+
+from onnx_explain.core.errors import ModelLoadError
 
 _SHORT = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider",
           "tensorrt": "TensorrtExecutionProvider", "rocm": "ROCMExecutionProvider"}
@@ -23,3 +26,14 @@ def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
         raise ValueError(f"execution providers {missing} are not available in this onnxruntime; available: "
                          f"{available} (for CUDA install onnx-explain[gpu], which brings onnxruntime-gpu)")
     return resolved
+
+
+def load_session(model: str | bytes, options: ort.SessionOptions | None, providers: list[str],
+                 name: str) -> ort.InferenceSession:
+    """An InferenceSession for a path or serialised model; ModelLoadError names the file and ONNX
+    Runtime's first line of complaint (an unknown op or domain, a type mismatch, a corrupt graph)."""
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own pybind11 exception types for every cause
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"ONNX Runtime cannot load {name}: {first}") from e

@@ -78,7 +78,7 @@ class Explanation:
 
     @property
     def labels(self) -> list:
-        """The class name of each explained target ([N], or [N][k] with several targets per image)."""
+        """The class name of each explained target (N names, or N lists of k names with several targets per image)."""
         def name(t: int) -> str:
             return self.class_names[t] if t < len(self.class_names) else str(t)
 

@@ -14,8 +14,8 @@ import onnx
 from onnx_explain.core.graph import Builder, needed_inputs, value
 from onnx_explain.core.result import Explanation, Map, rescaled_cams
 from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
-from onnx_explain.perturbation.classifier import LAYOUTS, Classifier, classifier, resolve_layer
-from onnx_explain.perturbation.explain import explain
+from onnx_explain.perturbation.classifier import LAYOUTS, Classifier, classifier, resolve_layer, tensor_shape
+from onnx_explain.perturbation.dispatch import explain
 from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Settings, method
 from onnx_explain.perturbation.scoring import (
     check_score,
@@ -88,7 +88,16 @@ def _weighted(kind: str, model: Classifier, images: np.ndarray, targets: np.ndar
 
 
 def _layer(model: Classifier, layer: str, layer_layout: str | None) -> tuple[str, str]:
-    return resolve_layer(model, layer), _layout(layer_layout or model.layout)
+    """The layer's tensor and layout; a CAM weighs the channels of a feature map, so it must have rank 4."""
+    if not isinstance(layer, str):
+        raise ValueError(f"layer must be a tensor or module name (a string), got {layer!r}")
+    name, layout = resolve_layer(model, layer), _layout(layer_layout or model.layout)
+    shape = tensor_shape(model, name)
+    if shape is not None and len(shape) != 4:
+        expected = "[N, C, h, w]" if layout == "NCHW" else "[N, h, w, C]"
+        raise ValueError(f"layer {layer!r} is the tensor {name!r} of shape {list(shape)}; a CAM needs a feature map "
+                         f"{expected} (onnx_explain.layer_tensors lists the model's)")
+    return name, layout
 
 
 def eigencam(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, layer: str, *,

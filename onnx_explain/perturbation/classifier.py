@@ -189,6 +189,14 @@ def layer_tensors(model: Classifier) -> list[Tensor]:
     return found
 
 
+def tensor_shape(model: Classifier, name: str) -> tuple | None:
+    """The inferred shape of one of the model's tensors (dims are ints, names or None), or None when
+    shape inference does not reach it."""
+    inferred = shape_inference.infer_shapes(model.model).graph
+    found = next((v for v in (*inferred.value_info, *inferred.output) if v.name == name), None)
+    return None if found is None or not found.type.tensor_type.HasField("shape") else tuple(_dims(found))
+
+
 def _scopes(node: onnx.NodeProto) -> list[str]:
     """The torch module path torch.onnx.export recorded for a node ([] when none): ['', 'layer4', ..., op]."""
     scopes = next((m.value for m in node.metadata_props if m.key == "pkg.torch.onnx.name_scopes"), None)

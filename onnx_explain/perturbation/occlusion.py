@@ -15,7 +15,7 @@ from onnx_explain.core.graph import Builder, value
 from onnx_explain.core.result import Explanation, Map
 from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
 from onnx_explain.perturbation.classifier import Classifier, classifier
-from onnx_explain.perturbation.explain import explain
+from onnx_explain.perturbation.dispatch import explain
 from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Settings, method
 from onnx_explain.perturbation.scoring import (
     check_score,
@@ -32,6 +32,7 @@ from onnx_explain.perturbation.scoring import (
 )
 
 BASELINES = ("mean", "blur")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _size(text: str) -> int:
@@ -137,8 +138,11 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
 
 
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
-    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(x, (int, np.integer)) and x > 0 for x in pair):
+    def whole(x: object) -> bool:
+        return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and 0 < x <= 2**31
+
+    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else ()
+    if len(pair) != 2 or not all(whole(x) for x in pair):
         raise ValueError(f"{what} must be a positive int or (height, width), got {v!r}")
     return int(pair[0]), int(pair[1])
 
@@ -154,7 +158,9 @@ def _spans(size: int, window: int, stride: int) -> np.ndarray:
 
 def _baseline(b: Builder, model: Classifier, images: str, baseline: float | str, window: int) -> str:
     """What occluded pixels become: a constant, each image's mean colour, or a blurred copy."""
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+    if isinstance(baseline, (int, float, np.integer, np.floating)) and not isinstance(baseline, (bool, np.bool_)):
+        if not abs(baseline) <= FLOAT32_MAX:  # NaN fails this too
+            raise ValueError(f"baseline must be a finite number within float32's range, got {baseline!r}")
         return b.const(np.full([1] * 4, baseline))
     spatial = b.ints(2, 3) if model.layout == "NCHW" else b.ints(1, 2)
     if baseline == "mean":

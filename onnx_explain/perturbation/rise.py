@@ -13,11 +13,11 @@ import onnx
 import onnxruntime as ort
 
 from onnx_explain.core.graph import OPSET, Builder, value
-from onnx_explain.core.inputs import check_scalar
+from onnx_explain.core.inputs import check_count, check_scalar
 from onnx_explain.core.result import Explanation, Map
 from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range
 from onnx_explain.perturbation.classifier import Classifier, classifier
-from onnx_explain.perturbation.explain import explain
+from onnx_explain.perturbation.dispatch import explain
 from onnx_explain.perturbation.methods import Option, Outcome, Settings, method
 from onnx_explain.perturbation.scoring import (
     check_score,
@@ -123,38 +123,48 @@ def rise_masks(size: Sequence[int], n_masks: int = 2000, cell: int | None = None
 
 
 class _MaskMaker:
-    """Draws the grids and shifts once per run from the seed; `make` builds the masks of the
-    given mask indices as two interpolation-matrix products per mask: rows [H, g] @ grid @ cols [g, W]."""
+    """The masks as a pure function of the seed and the mask index: `make` draws the grids and shifts of
+    the given mask indices and builds each mask as two interpolation-matrix products, rows [H, g] @
+    grid @ cols [g, W]."""
 
     def __init__(self, b: Builder, size: tuple[int, int], n_masks: int, cell: int | None, p: float, seed: str) -> None:
-        if not (isinstance(n_masks, int) and n_masks > 0):
-            raise ValueError(f"n_masks must be a positive int, got {n_masks!r}")
-        if not 0 < p <= 1:
+        check_count("n_masks", n_masks)
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.number)) or not 0 < p <= 1:
             raise ValueError(f"p (the probability of keeping a cell) must be in (0, 1], got {p!r}")
-        cell = cell or math.ceil(min(size) / 7)
-        if not (isinstance(cell, int) and 0 < cell <= min(size)):
+        cell = math.ceil(min(size) / 7) if cell is None else cell
+        if isinstance(cell, (bool, np.bool_)) or not (isinstance(cell, (int, np.integer)) and 0 < cell <= min(size)):
             raise ValueError(f"cell must be a positive int no larger than the image {list(size)}, got {cell!r}")
-        grid = [math.ceil(s / cell) for s in size]
-        uniform = _uniform(b, [n_masks, *grid], seed, stream=0)
-        self.grids = b.op("Cast", b.op("Less", uniform, b.const(p)), to=onnx.TensorProto.FLOAT)
-        shifts = b.op("Floor", b.op("Mul", _uniform(b, [n_masks, 2], seed, stream=1), b.const(cell)))
-        shifts = b.op("Min", b.op("Cast", shifts, to=onnx.TensorProto.INT64), b.const(cell - 1, "int64"))
-        self.shifts = b.op("Split", shifts, axis=1, num_outputs=2, outputs=2)
-        self.tables = [b.const(_shifted_resize(s, g, cell)) for s, g in zip(size, grid, strict=True)]
+        self.grid = [math.ceil(s / cell) for s in size]
+        self.seed, self.p, self.cell = seed, p, cell
+        self.tables = [b.const(_shifted_resize(s, g, cell)) for s, g in zip(size, self.grid, strict=True)]
 
     def make(self, b: Builder, rows: str) -> str:
-        grids = b.op("Gather", self.grids, rows, axis=0)
-        along = [b.op("Gather", table, b.op("Squeeze", b.op("Gather", shift, rows, axis=0), b.ints(1)), axis=0)
-                 for table, shift in zip(self.tables, self.shifts, strict=True)]  # [chunk, H, g], [chunk, W, g]
+        """The masks [chunk, H, W] of the mask indices `rows` [chunk]: only their grids and shifts are
+        drawn, so memory follows the chunk, not n_masks."""
+        cells = math.prod(self.grid)
+        grids = _uniform(b, _element_indices(b, rows, cells), self.seed, stream=0)  # [chunk, cells]
+        grids = b.op("Reshape", b.op("Cast", b.op("Less", grids, b.const(self.p)), to=onnx.TensorProto.FLOAT),
+                     b.ints(-1, *self.grid))
+        shifts = b.op("Floor", b.op("Mul", _uniform(b, _element_indices(b, rows, 2), self.seed, stream=1),
+                                    b.const(self.cell)))
+        shifts = b.op("Min", b.op("Cast", shifts, to=onnx.TensorProto.INT64), b.const(self.cell - 1, "int64"))
+        along = [b.op("Gather", table, b.op("Squeeze", shift, b.ints(1)), axis=0)
+                 for table, shift in zip(self.tables, b.op("Split", shifts, axis=1, num_outputs=2, outputs=2),
+                                         strict=True)]  # [chunk, H, g], [chunk, W, g]
         return b.op("MatMul", b.op("MatMul", along[0], grids), b.op("Transpose", along[1], perm=[0, 2, 1]))
 
 
-def _uniform(b: Builder, shape: list[int], seed: str, stream: int) -> str:
-    """Uniform float32 values in [0, 1] of `shape`, a hash of (element index, seed, stream): the same
-    seed gives the same values in every run and session (ONNX RandomUniform reseeds only per session).
-    The hash is a 31-bit variant of the xorshift-multiply integer hash, in int64 ops that cannot overflow."""
-    modulus, one = b.const(2**31, "int64"), b.const(1, "int64")
-    index = b.op("Reshape", b.op("Range", b.const(0, "int64"), b.const(math.prod(shape), "int64"), one), b.ints(*shape))
+def _element_indices(b: Builder, rows: str, per_row: int) -> str:
+    """int64 [chunk, per_row]: the flat indices of rows' elements in a [n, per_row] array."""
+    return b.op("Add", b.op("Mul", b.op("Unsqueeze", rows, b.ints(1)), b.const(per_row, "int64")),
+                b.const(np.arange(per_row), "int64"))
+
+
+def _uniform(b: Builder, index: str, seed: str, stream: int) -> str:
+    """Uniform float32 values in [0, 1], a hash of (element index, seed, stream): the same seed gives the
+    same values in every run and session (ONNX RandomUniform reseeds only per session).  The hash is a
+    31-bit variant of the xorshift-multiply integer hash, in int64 ops that cannot overflow."""
+    modulus = b.const(2**31, "int64")
     start = b.op("Add", b.op("Mul", b.op("Mod", seed, modulus), b.const(0x9E3779B1, "int64")),
                  b.const(stream * 0x85EBCA6B, "int64"))
     h = b.op("Mod", b.op("Add", index, start), modulus)

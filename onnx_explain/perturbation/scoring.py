@@ -10,9 +10,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx_explain.core.errors import check_finite
 from onnx_explain.core.graph import OPSET, Builder, value
 from onnx_explain.core.inputs import check_images, check_targets
-from onnx_explain.core.providers import resolve_providers
+from onnx_explain.core.providers import load_session, resolve_providers
 from onnx_explain.perturbation.batching import merge_leading, run_model
 from onnx_explain.perturbation.classifier import Classifier
 
@@ -117,7 +118,7 @@ def _session(model: Classifier, build: Callable, settings: tuple, providers: tup
     options = ort.SessionOptions()
     options.log_severity_level = 3
     graph = build(model, **dict(settings))
-    return ort.InferenceSession(graph.SerializeToString(), options, providers=list(providers))
+    return load_session(graph.SerializeToString(), options, list(providers), f"the {graph.graph.name} graph")
 
 
 def run_built(build: Callable[..., onnx.ModelProto], model: Classifier, settings: dict,
@@ -132,4 +133,6 @@ def run_built(build: Callable[..., onnx.ModelProto], model: Classifier, settings
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
         raise ValueError(f"ONNX Runtime could not run the model: {str(e).splitlines()[0]}") from e
-    return dict(zip((o.name for o in session.get_outputs()), outputs, strict=True))
+    named = dict(zip((o.name for o in session.get_outputs()), outputs, strict=True))
+    check_finite(named, f"the {build.__name__.removesuffix('_graph')} graph's output")
+    return named

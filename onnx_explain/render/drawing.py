@@ -7,10 +7,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+COLORMAPS = frozenset(v for k, v in vars(cv2).items() if k.startswith("COLORMAP_"))
+
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
     """[C, H, W] or [H, W, C] (or [H, W]) float in [0, 1] or uint8 -> uint8 [H, W, 3] RGB."""
     img = np.asarray(image)
+    if img.dtype.kind not in "uif" or img.size == 0:
+        raise ValueError(f"image must be a non-empty numeric array, got dtype {img.dtype}, shape {list(img.shape)}")
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        raise ValueError("image contains NaN or inf values; expected finite values in [0, 1]")
     if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[2] not in (1, 3):
         img = img.transpose(1, 2, 0)
     if img.ndim == 2:
@@ -35,12 +42,17 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5,
     Returns:
         uint8 [H, W, 3] RGB.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.number)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if colormap not in COLORMAPS:
+        raise ValueError(f"colormap must be an OpenCV colormap id, cv2.COLORMAP_* (0..{max(COLORMAPS)}), "
+                         f"got {colormap!r}")
     rgb = to_rgb8(image)
     heat = np.asarray(heatmap, dtype=np.float32)
-    if heat.ndim != 2:
-        raise ValueError(f"heatmap must be [H, W], got shape {list(heat.shape)}")
+    if heat.ndim != 2 or heat.size == 0:
+        raise ValueError(f"heatmap must be [H, W] with H, W >= 1, got shape {list(heat.shape)}")
+    if not np.isfinite(heat).all():
+        raise ValueError("heatmap contains NaN or inf values; expected finite values in [0, 1]")
     if heat.shape != rgb.shape[:2]:
         heat = cv2.resize(heat, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
     colored = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), colormap)[..., ::-1]
@@ -50,11 +62,23 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5,
 def save_png(path: str | Path, rgb: np.ndarray, scale: int = 1) -> Path:
     """Write uint8 [H, W, 3] RGB as PNG, optionally enlarged by an integer factor (nearest neighbour)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"cannot write {path}: expected a file name ending in one of {sorted(IMAGE_SUFFIXES)}")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a directory")
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
+        raise ValueError(f"save_png takes uint8 [H, W, 3] RGB (see to_rgb8), got {rgb.dtype} {list(rgb.shape)}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e.strerror or e}") from e
     if scale > 1:
         rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"could not write {path}")
+        raise ValueError(f"could not write {path} (is its folder writable?)")
     return path
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnx_explain.core.inputs import check_count
 from onnx_explain.core.progress import progress
 from onnx_explain.runtime.explainer import Explainer
 
@@ -53,10 +54,15 @@ def class_model(explainer: Explainer, target: int, steps: int = 200, lr: float =
         kind = "feature targets" if explainer.info.feature else f"top_k={explainer.info.top_k}"
         raise ValueError(f"class_model ascends one class's logit; {explainer.path.name} was exported with {kind} "
                          "(export saliency with one class target per image)")
-    if not 0 <= int(target) < explainer.info.num_classes:
-        raise ValueError(f"target {target} out of range; expected 0..{explainer.info.num_classes - 1}")
-    if steps < 1 or lr <= 0 or l2 < 0:
-        raise ValueError(f"expected steps >= 1, lr > 0 and l2 >= 0; got steps={steps}, lr={lr}, l2={l2}")
+    classes = explainer.info.num_classes
+    if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer)) or not 0 <= target < classes:
+        raise ValueError(f"target must be a class index, an integer in 0..{classes - 1}; got {target!r}")
+    steps = check_count("steps", steps)
+    for name, value, low in (("lr", lr, "> 0"), ("l2", l2, ">= 0")):
+        positive = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)) and (
+            value > 0 if low == "> 0" else value >= 0)
+        if not positive or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number {low}, got {value!r}")
     shape = explainer.info.input_shape
     image = np.zeros(shape, np.float32) if init is None else np.array(init, dtype=np.float32)
     if image.shape != tuple(shape):

@@ -9,10 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx_explain.core.errors import check_finite
 from onnx_explain.core.inputs import check_images, check_targets
-from onnx_explain.core.metadata import GraphInfo, read_info
+from onnx_explain.core.metadata import GraphInfo, check_graph, read_info
 from onnx_explain.core.options import GRAPH_OPTIONS
-from onnx_explain.core.providers import resolve_providers
+from onnx_explain.core.providers import load_session, resolve_providers
 from onnx_explain.core.result import Explanation, Map
 
 # Images per graph run, which bounds memory: a sampled method's points count (32-step integrated gradients
@@ -35,7 +36,9 @@ class Explainer:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a valid ONNX file, not an explanation graph, or an unavailable provider.
+        ValueError: not a valid ONNX file, not an explanation graph, metadata that does not match the
+            graph, or an unavailable provider.
+        ModelLoadError (a ValueError): ONNX Runtime cannot build a session for the file.
 
     Example:
         >>> explainer = Explainer("shapenet.onnx")
@@ -49,6 +52,8 @@ class Explainer:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no explanation graph at {self.path}")
+        if self.path.stat().st_size == 0:
+            raise ValueError(f"{self.path} is an empty file, not an ONNX model")
         try:
             model = onnx.load(str(self.path), load_external_data=False)
         except Exception as e:  # protobuf raises its own DecodeError types
@@ -61,11 +66,8 @@ class Explainer:
             session_options = ort.SessionOptions()
             # ORT warns that it cannot constant-fold CastLike nodes of exported graphs; harmless, so quiet.
             session_options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), session_options,
-                                                providers=resolve_providers(providers))
-        except ort.capi.onnxruntime_pybind11_state.Fail as e:
-            raise ValueError(f"ONNX Runtime cannot load {self.path}: {e}") from e
+        self.session = load_session(str(self.path), session_options, resolve_providers(providers), self.path.name)
+        check_graph(self.info, self.session, self.path.name)
 
     @property
     def inputs(self) -> set[str]:
@@ -109,6 +111,8 @@ class Explainer:
         Raises:
             ValueError: wrong shape, dtype, NaN or inf in images or baselines; bad targets; unknown method;
                 an input (counterfactual, baselines, seed, ...) that the file's methods do not take.
+            NonFiniteResultError (a ValueError): the logits or a map became NaN or inf (the model
+                overflowed float32 on these inputs).
         """
         images = check_images(images, self.info.input_shape)
         what = f"channel of {self.info.feature['layer']}" if self.info.feature else "class"
@@ -126,6 +130,7 @@ class Explainer:
                                      f"{list(self.methods)} takes it")
                 feeds[option.name] = option.check(value, len(images), self.info.input_shape)
         values = dict(zip(names, self.run(names, feeds), strict=True))
+        check_finite(values, f"{self.path.name}'s output")
         result = {(m.method, m.layer): Map(m.method, m.layer, values[m.heatmap], values[m.raw], values.get(m.delta))
                   for m in maps}
         return Explanation(values["logits"], values["explained_targets"], result, self.info.target_names)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -49,7 +50,8 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
                      top_k: int = 1, feature_layer: str | None = None, feature_score: str = "max",
                      ig_steps: int = 32, ig_method: str = "gausslegendre", noise_samples: int = 16,
                      noise_std: float = 0.15, baseline: np.ndarray | float = 0.0, lrp_epsilon: float = 1e-9,
-                     token_grid: Sequence[int] | None = None, validate_export: bool = True) -> GraphInfo:
+                     token_grid: Sequence[int] | None = None, mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None, validate_export: bool = True) -> GraphInfo:
     """Write one ONNX file that computes the logits and every requested method's map in a single run.
 
     Inputs of the file: `images` float32 [N, C, H, W] (N dynamic); `targets` int64 [N] (or [N, k] with
@@ -85,6 +87,8 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         lrp_epsilon: the default stabiliser of lrp_epsilon (captum's EpsilonRule default is 1e-9).
         token_grid: (h, w) for layers that output tokens [N, T, C] (vision transformers): their last h * w
             tokens, row by row, form the feature map [N, C, h, w]; leading ones (the class token) are dropped.
+        mean, std: the model's preprocessing of an RGB image in [0, 1], per channel: x = (image - mean) / std.
+            Stored in the file, so servers and the command line prepare encoded images as the model expects.
         validate_export: compare ONNX Runtime (default optimisation level) with torch after export.
 
     Returns:
@@ -104,6 +108,7 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
     """
     chosen = _check_methods(methods)
     path = _writable(Path(path))
+    preprocessing = _preprocessing(mean, std, input_shape)
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ValueError(f"input_shape must be [C, H, W] of one image, got {list(input_shape)}")
@@ -136,13 +141,29 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         producer=f"onnx-explain {__version__}", opset=_opset(proto), top_k=top_k,
         sampling=_sampling_info(chosen, sampling),
         points=1 + sum(sampling.evaluations(s) for s in {m.sampler for m in chosen if m.sampler}),
-        feature={"layer": feature.layer, "score": feature.score, "channels": choices} if feature else None)
+        feature={"layer": feature.layer, "score": feature.score, "channels": choices} if feature else None,
+        preprocessing=preprocessing)
     write_info(proto, info)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path))
     if validate_export:
         validate(path, traced, {m.name: sampling.evaluations(m.sampler) for m in chosen if m.sampler})
     return info
+
+
+def _preprocessing(mean, std, input_shape: Sequence[int]) -> dict | None:
+    """{"mean": [C], "std": [C]} as the metadata stores them, checked; None when neither is given."""
+    channels = int(input_shape[0]) if len(input_shape) else 0
+    given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    for key, values in given.items():
+        values = [float(v) for v in values]
+        if len(values) != channels or not all(math.isfinite(v) for v in values) or (
+                key == "std" and min(values) <= 0):
+            positive = " > 0" if key == "std" else ""
+            raise ValueError(f"{key} must be {channels} finite numbers{positive}, one per channel; "
+                             f"got {list(given[key])}")
+        given[key] = values
+    return given or None
 
 
 def _writable(path: Path) -> Path:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from onnx_explain.cli import exported
+from onnx_explain.cli import exported, serving
 from onnx_explain.cli import perturbation as cli_models
 
 
@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     exported.add_parsers(sub)
     cli_models.add_parsers(sub)
+    serving.add_parsers(sub)
 
     args = parser.parse_args(argv)
     try:
@@ -36,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo(args.out, n_show=args.images, n_score=args.score_images)
         elif args.command == "export":
             exported.export(args)
+        elif args.command == "triton":
+            serving.triton(args)
+        elif args.command == "serve":
+            serving.serve(args)
         else:
             exported.explain(args)
     except (ValueError, OSError, ImportError) as e:  # every expected failure: one line, no traceback

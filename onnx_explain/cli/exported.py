@@ -43,6 +43,7 @@ def add_parsers(sub) -> None:
     exp.add_argument("--token-grid", nargs=2, type=int, default=None, metavar=("H", "W"),
                      help="grid of a token layer's last H*W tokens (vision transformers; torchvision vit: its "
                           "patch grid by default)")
+    add_preprocessing(exp, "the model's per-channel ")
 
     ex = sub.add_parser("explain", help="explain image files with an exported graph and write overlays")
     ex.add_argument("model", type=Path, help="an .onnx file written by `onnx-explain export`")
@@ -61,9 +62,17 @@ def add_parsers(sub) -> None:
     ex.add_argument("--providers", nargs="+", default=None, help="execution providers, e.g. cuda cpu")
 
 
-def add_preprocessing(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mean", nargs=3, type=float, default=None, help="per-channel mean to subtract")
-    parser.add_argument("--std", nargs=3, type=float, default=None, help="per-channel std to divide by")
+def add_preprocessing(parser: argparse.ArgumentParser, what: str = "per-channel ") -> None:
+    parser.add_argument("--mean", nargs=3, type=float, default=None,
+                        help=f"{what}mean to subtract from images in [0, 1] (default: the file's, else none)")
+    parser.add_argument("--std", nargs=3, type=float, default=None,
+                        help=f"{what}std to divide by (default: the file's, else none)")
+
+
+def preprocessing(info, mean, std) -> tuple:
+    """(mean, std) for images of an exported file: the command line's, else the file's."""
+    stored = info.preprocessing or {}
+    return (mean if mean is not None else stored.get("mean"), std if std is not None else stored.get("std"))
 
 
 def export(args: argparse.Namespace) -> None:
@@ -78,7 +87,8 @@ def export(args: argparse.Namespace) -> None:
                             feature_layer=args.feature_layer, feature_score=args.feature_score,
                             ig_steps=args.ig_steps, ig_method=args.ig_method, noise_samples=args.noise_samples,
                             counterfactual=args.counterfactual, noise_std=args.noise_std, baseline=args.baselines,
-                            lrp_epsilon=args.lrp_epsilon, token_grid=args.token_grid or token_grid(model))
+                            lrp_epsilon=args.lrp_epsilon, token_grid=args.token_grid or token_grid(model),
+                            mean=args.mean, std=args.std)
     print(f"wrote {args.output}: methods {list(info.methods)}, layers {list(info.layers)}, "
           f"input [N, {', '.join(map(str, info.input_shape))}]")
 
@@ -93,7 +103,7 @@ def explain(args: argparse.Namespace) -> None:
     options = {o.name: getattr(args, o.name) for o in GRAPH_OPTIONS}
     for path in progress(args.images, len(args.images), "explaining"):
         image = load_image(path, shape[1:])
-        x = standardized(image, args.mean, args.std)
+        x = standardized(image, *preprocessing(explainer.info, args.mean, args.std))
         targets = args.target if top_k == 1 else None  # a file with k targets explains its top k
         result = explainer.explain(x[None], methods=args.methods, targets=targets, **options)
         chosen = np.atleast_1d(result.targets[0])

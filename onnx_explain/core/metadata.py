@@ -38,6 +38,9 @@ class GraphInfo:
     feature: dict | None = None  # {"layer", "score", "channels"} when targets are channels of a layer
     sampling: dict = field(default_factory=dict)  # {"steps", "integration", "samples"} of the sampled methods
     points: int = 1  # images the model runs on per explained image: 1, plus each sampled pass's points
+    # What the model expects of an RGB image scaled to [0, 1] and resized to input_shape: x = (image - mean)
+    # / std per channel ({"mean": [C], "std": [C]}, either may be absent); None when the export did not say.
+    preprocessing: dict | None = None
 
     @property
     def target_names(self) -> tuple[str, ...]:
@@ -106,6 +109,10 @@ _FIELDS: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "sampling": (False, lambda v: isinstance(v, dict) and all(isinstance(x, (int, str)) for x in v.values()),
                  "an object of sampling settings"),
     "points": (False, _count(1), "a positive integer"),
+    "preprocessing": (False, lambda v: v is None or (isinstance(v, dict) and set(v) <= {"mean", "std"} and all(
+        isinstance(x, list) and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in x)
+        for x in v.values()) and all(c > 0 for c in v.get("std", []))),
+        "null or {mean: [C numbers], std: [C positive numbers]}"),
 }
 
 

@@ -141,7 +141,20 @@ def install_page_and_limit(model: ExplanationModel) -> None:
             body = await request.body()  # chunked: read it to measure it (starlette keeps it for the route)
             if len(body) > limit:
                 return _too_large(len(body), limit)
+        _mark_json_only_infer(request)
         return await call_next(request)
+
+
+def _mark_json_only_infer(request) -> None:
+    """An Open Inference request with no binary tensors may come without a content type (tritonclient sends
+    none); KServe then reads the body as binary and needs Inference-Header-Content-Length.  The whole body
+    is the JSON header, so that is its length."""
+    headers = request.headers
+    if (request.method == "POST" and request.url.path.endswith("/infer") and "content-length" in headers
+            and "inference-header-content-length" not in headers and "application/json" not in
+            headers.get("content-type", "")):
+        request.scope["headers"] = [*request.scope["headers"],
+                                    (b"inference-header-content-length", headers["content-length"].encode())]
 
 
 def _too_large(size: int, limit: int) -> JSONResponse:

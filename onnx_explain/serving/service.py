@@ -179,7 +179,8 @@ class Service:
         return {k: v for m in methods for k, v in defaults.get(m, {}).items()}
 
     def default_layer(self) -> str:
-        tensors = layer_tensors(self.model)
+        """The last feature map with more than one position (pooled [N, C, 1, 1] tensors are not maps)."""
+        tensors = [t for t in layer_tensors(self.model) if not all(d == 1 for d in t.shape[-2:])]
         if not tensors:
             raise ValueError("the model has no feature map [N, C, h, w] for a CAM")
         return tensors[-1].name

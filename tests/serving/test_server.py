@@ -139,7 +139,7 @@ def _v2(x: np.ndarray) -> dict:
 
 
 BAD = [
-    ("malformed JSON", "v2", b"{\"inputs\": [", 400, ""),
+    ("malformed JSON", "v2", b"{\"inputs\": [", 422, "JSON decode error"),
     ("wrong shape", "v2", {"inputs": [{"name": "images", "shape": [1, 3, 8, 8], "datatype": "FP32",
                                        "data": [0.0] * 192}]}, 400, "images must be float32 [N, 3, 64, 64]"),
     ("wrong datatype", "v2", {"inputs": [{"name": "images", "shape": [1, 3, 64, 64], "datatype": "INT64",

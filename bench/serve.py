@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--output", default="gradcam@features.heatmap", help="the output each request asks for")
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=10.0, help="per client count (default 10)")
+    parser.add_argument("--quiet", action="store_true", help="serve without per-request log lines")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or _shipped(Path(tmp))
@@ -114,7 +115,7 @@ def main() -> None:
         method = next(m.method for m in explainer.info.maps if args.output in (m.raw, m.heatmap, m.delta))
         rows = {f"in-process, batch {b}": {"images/s": in_process(path, method, image, b, args.seconds)}
                 for b in (1, 8)}
-        with running_server(path, "--name", "bench") as url:
+        with running_server(path, "--name", "bench", *(["--quiet"] if args.quiet else [])) as url:
             load(url, "bench", image, args.output, 1, 2.0)  # warm-up
             for clients in args.clients:
                 rows[f"server, {clients} clients"] = load(url, "bench", image, args.output, clients, args.seconds)

@@ -34,6 +34,7 @@ def add_parsers(sub) -> None:
     srv.add_argument("--max-body-mb", type=float, default=32.0,
                      help="largest request body accepted, in MB; larger ones get HTTP 413 (default 32)")
     srv.add_argument("--providers", nargs="+", default=None, help="execution providers, e.g. cuda cpu")
+    srv.add_argument("--quiet", action="store_true", help="no per-request access and timing log lines")
 
 
 def triton(args: argparse.Namespace) -> None:
@@ -48,4 +49,4 @@ def serve(args: argparse.Namespace) -> None:
     except ImportError as e:
         raise ImportError(f"`onnx-explain serve` needs the serve extra: pip install 'onnx-explain[serve]' ({e})") from e
     run(args.model, name=args.name, host=args.host, port=args.port, grpc_port=args.grpc_port, workers=args.workers,
-        max_body_bytes=int(args.max_body_mb * 2**20), providers=args.providers)
+        max_body_bytes=int(args.max_body_mb * 2**20), providers=args.providers, quiet=args.quiet)

@@ -10,6 +10,7 @@ GET / and a request size limit (HTTP 413).
 from __future__ import annotations
 
 import asyncio
+import logging
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from kserve.errors import InvalidInput
 
 from onnx_explain.serving.page import page_html
 from onnx_explain.serving.service import DATATYPES, Service
+
+# KServe's per-request log lines: the access log and the timing middleware's trace.
+QUIET_LOGGERS = ("uvicorn.access", "kserve.trace")
 
 
 class ExplanationModel(kserve.Model):
@@ -71,7 +75,7 @@ class ExplanationModel(kserve.Model):
         outputs = []
         for name, value in values.items():
             out = InferOutput(name=name, shape=list(value.shape), datatype=DATATYPES[value.dtype])
-            out.set_data_from_numpy(value, binary_data=False)
+            out.set_data_from_numpy(value, binary_data=True)  # raw bytes: to_rest turns them to JSON if asked
             outputs.append(out)
         return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs,
                              use_binary_outputs=request.use_binary_outputs, requested_outputs=request.request_outputs)
@@ -98,10 +102,15 @@ def build_server(path: str | Path, *, name: str | None = None, host: str = "127.
 
 
 def serve(path: str | Path, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8080,
-          grpc_port: int | None = None, workers: int = 1, max_body_bytes: int = 32 * 2**20, providers=None) -> None:
-    """Serve a file until interrupted (`onnx-explain serve`)."""
+          grpc_port: int | None = None, workers: int = 1, max_body_bytes: int = 32 * 2**20, providers=None,
+          quiet: bool = False) -> None:
+    """Serve a file until interrupted (`onnx-explain serve`); `quiet` drops the per-request access and
+    timing log lines (errors are still logged)."""
     server, model = build_server(path, name=name, host=host, http_port=port, grpc_port=grpc_port, workers=workers,
                                  max_body_bytes=max_body_bytes, providers=providers)
+    if quiet:
+        for logger in QUIET_LOGGERS:
+            logging.getLogger(logger).setLevel(logging.WARNING)
     server.start([model])
 
 

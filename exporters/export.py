@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,14 @@ import torch
 from torch import nn
 
 from onnx_explain.core import __version__
+from onnx_explain.core.inputs import FLOAT32, check_count, check_flag
 from onnx_explain.core.metadata import GraphInfo, MapOutputs, write_info
 from onnx_explain.core.options import GRAPH_OPTIONS
 from onnx_explain.exporters.default_inputs import cache_defaults
 from onnx_explain.exporters.errors import ExportError, UnsupportedOpError
-from onnx_explain.exporters.layers import ALL_CONV, conv_layers, pooled_classifier, resolve_layers
+from onnx_explain.exporters.layers import ALL_CONV, check_names, conv_layers, pooled_classifier, resolve_layers
 from onnx_explain.exporters.methods import CLASSIFIER, METHODS, RELEVANCE_FAMILY
-from onnx_explain.exporters.sampling import integration_rule
+from onnx_explain.exporters.sampling import check_integration, check_samples, check_steps
 from onnx_explain.exporters.trace import FEATURE_SCORES, FeatureTarget, Sampling, Traced, frozen, targets_shape, trace
 from onnx_explain.exporters.translations import TRANSLATIONS, check_index_readers
 from onnx_explain.exporters.validate import validate
@@ -95,10 +97,19 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         The GraphInfo written into the file's metadata.
 
     Raises:
-        ValueError: unknown method, bad input shape, a layer method without layers, cam on a model
-            whose layer is not followed by global average pooling and one linear layer, or a feature
-            target with a layer method or an unknown score.
-        LayerNotFoundError: a layer name that is not a module (close candidates are listed).
+        TypeError: model is not a torch.nn.Module.
+        ValueError: an argument of the wrong type or value, named with what was given and what is expected,
+            before the model is traced: no or unknown methods; a model that is not float32 or cannot run on
+            one image of input_shape (three integers >= 1); layer names that are not strings or are
+            repeated; a layer method without layers; top_k, ig_steps (at most 4096 with a path method) or
+            noise_samples (at most 4096 with a noise method) that is not a positive integer; an unknown
+            ig_method or feature_score; class_names that are not strings without control characters, one
+            per logit; token_grid that is not two positive integers, or given for layers that output
+            feature maps; bad mean, std, baseline, noise_std or lrp_epsilon; cam on a model whose layer is
+            not followed by global average pooling and one linear layer; a feature target with a layer
+            method, or on a layer without a feature map.
+        LayerNotFoundError: a layer name (in layers, also without a layer method, or feature_layer) that is
+            not a module (close candidates are listed), or a layer that does not run once per forward pass.
         UnsupportedOpError: an op that cannot be differentiated or exported (named with its module).
         ExportValidationError: ONNX Runtime disagrees with torch.
 
@@ -106,37 +117,41 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
         >>> from onnx_explain.models.shapenet import load_shapenet
         >>> export_explainer(load_shapenet(), "shapenet.onnx", input_shape=(3, 64, 64), layers=["features"])
     """
+    # every argument is checked before the model runs, the cheap checks first; the trace comes last
+    _check_model(model)
     chosen = _check_methods(methods)
-    path = _writable(Path(path))
-    preprocessing = _preprocessing(mean, std, input_shape)
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ValueError(f"input_shape must be [C, H, W] of one image, got {list(input_shape)}")
-    layer_names = conv_layers(model) if layers == ALL_CONV else [layers] if isinstance(layers, str) else list(layers)
-    if any(m.at == "layer" for m in chosen) and not layer_names:
-        raise ValueError(f"methods {[m.name for m in chosen if m.at == 'layer']} need layers=[...]: "
-                         "name the module(s) whose activations they explain")
+    path = _writable(path)
+    input_shape = _check_shape("input_shape", input_shape, 3, "[C, H, W] of one image, three integers >= 1")
+    preprocessing = _preprocessing(mean, std, input_shape[0])
+    top_k = check_count("top_k", top_k)
+    sampling = _sampling(chosen, ig_steps, ig_method, noise_samples)
+    class_names = _check_class_names(class_names)
+    token_grid = None if token_grid is None else _check_shape(
+        "token_grid", token_grid, 2, "(h, w), two integers >= 1 (a token layer's grid of its last h * w tokens)")
+    defaults = _defaults(input_shape, counterfactual=counterfactual, baselines=_check_baseline(baseline),
+                         noise_std=noise_std, lrp_epsilon=lrp_epsilon)
+    check_flag("validate_export", validate_export)
+    layer_names = _layer_names(model, chosen, layers)
+    _check_feature(chosen, feature_layer, feature_score)
     with frozen(model):
         num_classes = _num_classes(model, input_shape)  # first: it says plainly when the shape does not fit
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} outputs")
         tapped = (resolve_layers(model, layer_names, input_shape, token_grid)
                   if any(m.at == "layer" for m in chosen) else {})
-        feature = _feature_target(model, chosen, feature_layer, feature_score, input_shape, token_grid)
+        feature = _feature_target(model, feature_layer, feature_score, input_shape, token_grid)
+        _check_token_grid_used(token_grid, {**tapped, **({feature.layer: feature.info} if feature else {})})
         choices = feature.info.shape[0] if feature else num_classes
-        if not 1 <= top_k <= choices:
+        if top_k > choices:
             raise ValueError(f"top_k must be between 1 and the number of {'channels' if feature else 'classes'} "
                              f"({choices}), got {top_k}")
         classifier = (pooled_classifier(model, tapped, input_shape)
                       if any(m.layer_rule == CLASSIFIER for m in chosen) else None)
-        sampling = _sampling(ig_steps, ig_method, noise_samples)
-        defaults = _defaults(input_shape, counterfactual=counterfactual, baselines=baseline, noise_std=noise_std,
-                             lrp_epsilon=lrp_epsilon)
         traced = trace(model, input_shape, chosen, tapped, classifier, top_k, feature, sampling, defaults)
         proto = _to_onnx(traced, defaults["counterfactual"])
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} outputs")
     info = GraphInfo(
         input_shape=input_shape, num_classes=num_classes,
-        class_names=tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes)),
+        class_names=class_names if class_names is not None else tuple(str(i) for i in range(num_classes)),
         maps=tuple(_map_outputs(chosen, tapped)), layers={k: v.shape for k, v in tapped.items()},
         producer=f"onnx-explain {__version__}", opset=_opset(proto), top_k=top_k,
         sampling=_sampling_info(chosen, sampling),
@@ -151,23 +166,125 @@ def export_explainer(model: nn.Module, path: str | Path, *, input_shape: Sequenc
     return info
 
 
-def _preprocessing(mean, std, input_shape: Sequence[int]) -> dict | None:
+def _shown(value: object) -> str:
+    """A given value for a message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _is_count(value: object) -> bool:
+    """An integer >= 1 (a numpy integer too; not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1
+
+
+def _is_flat(value: object) -> bool:
+    """A list, a tuple or a 1-D array (its items are checked by the caller)."""
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+
+
+def _check_model(model: object) -> None:
+    """A float32 torch module (the exported graph and its inputs are float32).
+
+    Raises:
+        TypeError: not a torch.nn.Module.
+        ValueError: a floating-point parameter or buffer of another dtype.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    dtypes = sorted({str(t.dtype) for t in (*model.parameters(), *model.buffers())
+                     if t.is_floating_point() and t.dtype != torch.float32})
+    if dtypes:
+        raise ValueError(f"model must be float32: its parameters or buffers are {', '.join(dtypes)} "
+                         "(convert it with model.float())")
+
+
+def _check_shape(name: str, value: object, size: int, expected: str) -> tuple[int, ...]:
+    """`size` integers >= 1, from a list, tuple or 1-D array (numpy integers too; bools and floats refused)."""
+    if not _is_flat(value) or len(value) != size or not all(_is_count(v) for v in value):
+        raise ValueError(f"{name} must be {expected}, got {_shown(value)}")
+    return tuple(int(v) for v in value)
+
+
+def _preprocessing(mean, std, channels: int) -> dict | None:
     """{"mean": [C], "std": [C]} as the metadata stores them, checked; None when neither is given."""
-    channels = int(input_shape[0]) if len(input_shape) else 0
     given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     for key, values in given.items():
-        values = [float(v) for v in values]
-        if len(values) != channels or not all(math.isfinite(v) for v in values) or (
-                key == "std" and min(values) <= 0):
+        numbers = _numbers(values)
+        if numbers is None or len(numbers) != channels or not all(math.isfinite(v) for v in numbers) or (
+                key == "std" and min(numbers) <= 0):
             positive = " > 0" if key == "std" else ""
             raise ValueError(f"{key} must be {channels} finite numbers{positive}, one per channel; "
-                             f"got {list(given[key])}")
-        given[key] = values
+                             f"got {_shown(values)}")
+        given[key] = numbers
     return given or None
 
 
-def _writable(path: Path) -> Path:
+def _numbers(values: object) -> list[float] | None:
+    """The values of a list, tuple or 1-D array of real numbers as floats (beyond float: inf); None when
+    `values` is anything else (bools and strings are not numbers)."""
+    if not _is_flat(values) or not all(isinstance(v, (int, float, np.integer, np.floating))
+                                       and not isinstance(v, (bool, np.bool_)) for v in values):
+        return None
+    try:
+        return [float(v) for v in values]
+    except OverflowError:  # an int beyond any float
+        return [math.inf]
+
+
+def _check_class_names(names: object) -> tuple[str, ...] | None:
+    """A list or tuple of strings without control characters (\\x00-\\x1f, \\x7f); their number is checked
+    against the model's logits once it has run."""
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)):
+        raise ValueError(f"class_names must be a list or tuple of strings, one per class, got {_shown(names)}")
+    bad = [n for n in names if not isinstance(n, str) or re.search(r"[\x00-\x1f\x7f]", n)]
+    if bad:
+        raise ValueError(f"class_names must be strings without control characters (\\x00-\\x1f, \\x7f), one per "
+                         f"class; got {_shown(bad[0])} ({type(bad[0]).__name__})")
+    return tuple(str(n) for n in names)
+
+
+def _check_baseline(baseline: object) -> object:
+    """A number or an array (its shape and values are checked with the other defaults, in _defaults)."""
+    if isinstance(baseline, (bool, np.bool_)) or not isinstance(baseline, (int, float, np.number, np.ndarray)):
+        raise ValueError(f"baseline must be a number or a float32 array [C, H, W], got {_shown(baseline)}")
+    if isinstance(baseline, int) and abs(baseline) > float(FLOAT32.max):  # int vs float: exact, no overflow
+        raise ValueError(f"baseline must be a finite number within float32's range (at most {FLOAT32.max:.3g}), "
+                         f"got {_shown(baseline)}")
+    return baseline
+
+
+def _layer_names(model: nn.Module, chosen, layers: object) -> list[str]:
+    """The module names `layers` asks for ("all-conv": every convolution), each checked to be a module even
+    when no chosen method reads a layer; the layer methods need at least one."""
+    if isinstance(layers, str):
+        names = conv_layers(model) if layers == ALL_CONV else [layers]
+    elif isinstance(layers, Iterable) and not isinstance(layers, (bytes, dict)):
+        names = list(layers)
+    else:
+        raise ValueError(f"layers must be a module name, a list of them or {ALL_CONV!r}, got {_shown(layers)}")
+    names = check_names(model, names)
+    if any(m.at == "layer" for m in chosen) and not names:
+        raise ValueError(f"methods {[m.name for m in chosen if m.at == 'layer']} need layers=[...]: "
+                         "name the module(s) whose activations they explain")
+    return names
+
+
+def _check_token_grid_used(token_grid: tuple[int, ...] | None, layers: dict) -> None:
+    """token_grid lays out a token layer's output; refused when every layer it could apply to (`layers`,
+    {name: LayerInfo} of the tapped layers and the feature layer) outputs a feature map.  Without layers
+    (input methods only) it is left unused: the command line passes a transformer's grid whatever the methods."""
+    if token_grid is not None and layers and not any(info.tokens for info in layers.values()):
+        raise ValueError(f"token_grid {list(token_grid)} applies to layers that output tokens [N, T, C]; "
+                         f"{list(layers)} output feature maps [N, C, h, w] (leave token_grid out)")
+
+
+def _writable(path: object) -> Path:
     """Checked before the export's work: the file can be written where it is asked for."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a file name (a str or Path ending in .onnx), got {_shown(path)}")
+    path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot write the export to {path}: it is a directory; name a .onnx file")
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
@@ -176,11 +293,17 @@ def _writable(path: Path) -> Path:
     return path
 
 
-def _sampling(steps: int, integration: str, samples: int) -> Sampling:
-    integration_rule(integration, steps)  # raises on a bad rule or step count
-    if samples < 1:
-        raise ValueError(f"noise_samples must be at least 1, got {samples}")
-    return Sampling(int(steps), integration, int(samples))
+def _sampling(chosen, steps: object, integration: object, samples: object) -> Sampling:
+    """The sampled methods' settings, checked: counts are whole numbers >= 1, capped (sampling.MAX_STEPS,
+    MAX_SAMPLES) only where a chosen method uses them; the integration rule is built later, in the trace,
+    and only for a path method."""
+    check_integration(integration)
+    steps, samples = check_count("ig_steps", steps), check_count("noise_samples", samples)
+    if any(m.sampler and m.sampler.path for m in chosen):
+        check_steps(integration, steps)
+    if any(m.sampler and m.sampler.noise for m in chosen):
+        check_samples(samples)
+    return Sampling(steps, integration, samples)
 
 
 def _sampling_info(chosen, sampling: Sampling) -> dict:
@@ -199,20 +322,35 @@ def _defaults(input_shape: tuple[int, ...], **given) -> dict[str, torch.Tensor]:
             for o in GRAPH_OPTIONS}
 
 
-def _check_methods(methods: Sequence[str]):
-    names = [methods] if isinstance(methods, str) else list(methods)
+def _check_methods(methods: object):
+    """The chosen methods, in order, each once: a method name or a list of them."""
+    names = [methods] if isinstance(methods, str) else methods
+    if not isinstance(names, Iterable) or isinstance(names, (bytes, dict)):
+        raise ValueError(f"methods must be a list of method names, got {_shown(methods)}; "
+                         f"available: {sorted(METHODS)}")
+    names = list(names)
+    if not names:
+        raise ValueError(f"methods is empty; name at least one of {sorted(METHODS)}")
+    odd = [m for m in names if not isinstance(m, str)]
+    if odd:
+        raise ValueError(f"methods must be method names (strings), got {_shown(odd[0])}; "
+                         f"available: {sorted(METHODS)}")
     unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
+    if unknown:
         raise ValueError(f"unknown methods {unknown}; available: {sorted(METHODS)}")
     return [METHODS[m] for m in dict.fromkeys(names)]
 
 
-def _feature_target(model: nn.Module, chosen, layer: str | None, score: str, input_shape: tuple[int, ...],
-                    token_grid: Sequence[int] | None) -> FeatureTarget | None:
+def _check_feature(chosen, layer: object, score: object) -> None:
+    """feature_layer (None or a module name, resolved once the model runs) and feature_score, which is
+    checked even without a feature layer."""
+    if not isinstance(score, str) or score not in FEATURE_SCORES:
+        raise ValueError(f"feature_score must be one of {FEATURE_SCORES}, got {_shown(score)}")
     if layer is None:
-        return None
-    if score not in FEATURE_SCORES:
-        raise ValueError(f"feature_score must be one of {FEATURE_SCORES}, got {score!r}")
+        return
+    if not isinstance(layer, str):
+        raise ValueError(f"feature_layer must be a module name (a string, as in model.named_modules()) or None, "
+                         f"got {_shown(layer)}")
     layer_methods = [m.name for m in chosen if m.at == "layer"]
     if layer_methods:
         raise ValueError(f"feature targets explain a channel in input space with input methods; {layer_methods} "
@@ -221,7 +359,15 @@ def _feature_target(model: nn.Module, chosen, layer: str | None, score: str, inp
     if scored:
         raise ValueError(f"feature targets work with saliency, guided_backprop, deconvnet and gradient_x_input; "
                          f"{scored} explain a class score (export them without feature_layer)")
-    return FeatureTarget(layer, resolve_layers(model, [layer], input_shape, token_grid)[layer], score)
+
+
+def _feature_target(model: nn.Module, layer: str | None, score: str, input_shape: tuple[int, ...],
+                    token_grid: tuple[int, ...] | None) -> FeatureTarget | None:
+    """The checked feature_layer resolved on the model (it must output a feature map, or tokens)."""
+    if layer is None:
+        return None
+    info = resolve_layers(model, [layer], input_shape, token_grid, needs="feature_layer needs")[layer]
+    return FeatureTarget(layer, info, score)
 
 
 def _num_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,10 +40,20 @@ class LayerInfo:
         return output[:, self.tokens - h * w:].unflatten(1, (h, w)).permute(0, 3, 1, 2)
 
 
-def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence[int],
-                   token_grid: Sequence[int] | None = None) -> dict[str, LayerInfo]:
-    """Check that each name is a module that runs once per forward pass and returns one feature map, or
-    tokens [N, T, C] that `token_grid` (h, w) lays out as one."""
+def check_names(model: nn.Module, names: Sequence[object], argument: str = "layers") -> list[str]:
+    """The layer names as given, checked without running the model: strings, each once, each a module.
+
+    Raises:
+        ValueError: a name that is not a string, or one given twice; `argument` names the argument.
+        LayerNotFoundError: a name that is not a module of the model (close candidates are listed).
+    """
+    odd = [n for n in names if not isinstance(n, str)]
+    if odd:
+        raise ValueError(f"{argument} must be module names (strings, as in model.named_modules()), got {odd[0]!r} "
+                         f"({type(odd[0]).__name__})")
+    repeated = [n for n, count in Counter(names).items() if count > 1]
+    if repeated:
+        raise ValueError(f"layer {repeated[0]!r} is repeated in {argument}; name each layer once")
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules or name == "":
@@ -51,6 +62,22 @@ def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence
             raise LayerNotFoundError(
                 f"layer {name!r} is not a module of {type(model).__name__}{hint} "
                 "(layers are named as in model.named_modules())")
+    return list(names)
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence[int],
+                   token_grid: Sequence[int] | None = None, needs: str = "CAM methods need") -> dict[str, LayerInfo]:
+    """Check that each name is a module that runs once per forward pass and returns one feature map, or
+    tokens [N, T, C] that `token_grid` (h, w) lays out as one.  `needs` says, in the message for a layer
+    without a feature map, who needs one ("CAM methods need", "feature_layer needs").
+
+    Raises:
+        ValueError: as check_names.
+        LayerNotFoundError: a name that is not a module, a module that runs more or less than once per
+            forward pass, or one whose output is no feature map (nor tokens with token_grid).
+    """
+    check_names(model, names)
+    modules = dict(model.named_modules())
     outputs = _layer_outputs(model, names, torch.zeros(1, *input_shape))[1]
     layers = {}
     for name, outs in outputs.items():
@@ -66,7 +93,7 @@ def resolve_layers(model: nn.Module, names: Sequence[str], input_shape: Sequence
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise LayerNotFoundError(
-                f"layer {name!r} ({kind}) outputs {got}; CAM methods need a [N, C, h, w] feature map "
+                f"layer {name!r} ({kind}) outputs {got}; {needs} a [N, C, h, w] feature map "
                 "(or tokens [N, T, C] with token_grid)")
         layers[name] = LayerInfo(kind, tuple(out.shape[1:]))
     return layers

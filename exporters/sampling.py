@@ -14,7 +14,14 @@ import math
 import numpy as np
 import torch
 
+from onnx_explain.core.inputs import check_count
+
 INTEGRATION_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+# Each integration step and each noisy copy is one more forward and backward pass per image in every run of
+# the file, and float32 maps gain nothing from thousands of them; Gauss-Legendre's rule also costs steps^3 to
+# build (20000 steps: minutes).
+MAX_STEPS = 4096
+MAX_SAMPLES = 4096
 _MASK = 2**31 - 1
 _MIXERS = (0x2C1B3C6D, 0x297A2D39, 0x45D9F3B)  # odd multipliers below 2^30: products of 31-bit values fit in int64
 _INCREMENT = 0x3C6EF35F
@@ -22,10 +29,7 @@ _INCREMENT = 0x3C6EF35F
 
 def integration_rule(method: str, steps: int) -> tuple[list[float], list[float]]:
     """(alphas, weights): the points on [0, 1] and their weights, as captum's approximation_parameters."""
-    if method not in INTEGRATION_METHODS:
-        raise ValueError(f"unknown integration method {method!r}; expected one of {INTEGRATION_METHODS}")
-    if steps < (1 if method == "gausslegendre" else 2):
-        raise ValueError(f"{method} needs at least {1 if method == 'gausslegendre' else 2} steps, got {steps}")
+    steps = check_steps(check_integration(method), steps)
     if method == "gausslegendre":
         x, w = np.polynomial.legendre.leggauss(steps)
         return (0.5 * (x + 1)).tolist(), (0.5 * w).tolist()
@@ -37,6 +41,48 @@ def integration_rule(method: str, steps: int) -> tuple[list[float], list[float]]
     start, stop = {"riemann_left": (0, 1 - 1 / steps), "riemann_middle": (1 / (2 * steps), 1 - 1 / (2 * steps)),
                    "riemann_right": (1 / steps, 1)}[method]
     return torch.linspace(start, stop, steps).tolist(), weights
+
+
+def check_integration(method: object) -> str:
+    """The name of an integration rule (export_explainer's ig_method).
+
+    Raises:
+        ValueError: not one of INTEGRATION_METHODS.
+    """
+    if not isinstance(method, str) or method not in INTEGRATION_METHODS:
+        raise ValueError(f"unknown integration method {method!r} (ig_method); expected one of {INTEGRATION_METHODS}")
+    return method
+
+
+def check_steps(method: str, steps: object) -> int:
+    """The integration steps of `method` (export_explainer's ig_steps): an integer from the rule's least
+    (1 for Gauss-Legendre, 2 for the Riemann sums, which need both ends) to MAX_STEPS.
+
+    Raises:
+        ValueError: not an integer (bools refused), or out of that range.
+    """
+    least = 1 if method == "gausslegendre" else 2
+    steps = check_count("ig_steps", steps)
+    if steps < least:
+        raise ValueError(f"ig_steps must be from {least} to {MAX_STEPS} for {method}, got {steps}: a Riemann sum "
+                         "needs both ends of the path")
+    if steps > MAX_STEPS:
+        raise ValueError(f"ig_steps must be from {least} to {MAX_STEPS} for {method}, got {steps}: each step is one "
+                         "more forward and backward pass per image in every run of the file")
+    return steps
+
+
+def check_samples(samples: object) -> int:
+    """SmoothGrad's noisy copies per image (export_explainer's noise_samples): an integer from 1 to MAX_SAMPLES.
+
+    Raises:
+        ValueError: not an integer (bools refused), or out of that range.
+    """
+    samples = check_count("noise_samples", samples)
+    if samples > MAX_SAMPLES:
+        raise ValueError(f"noise_samples must be from 1 to {MAX_SAMPLES}, got {samples}: each noisy copy is one "
+                         "more forward and backward pass per image in every run of the file")
+    return samples
 
 
 def noisy(images: torch.Tensor, noise_std: torch.Tensor, seed: torch.Tensor, samples: int) -> torch.Tensor:

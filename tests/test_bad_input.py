@@ -112,7 +112,7 @@ ROWS: list[tuple[str, Callable[[Context], object], type, str]] = [
     ("explain noise_std 1e38", lambda c: c.explainer.explain(c.x, ["smoothgrad"], noise_std=1e38),
      NonFiniteResultError, "smoothgrad"),
     ("explain baselines 1e39", lambda c: c.explainer.explain(c.x, ["deeplift"], baselines=1e39), BAD,
-     "beyond float32's range"),
+     "float32's range"),
     ("explain baselines 1e38", lambda c: c.explainer.explain(c.x, ["deeplift"], baselines=1e38),
      NonFiniteResultError, "deeplift"),
     ("explain baselines True", lambda c: c.explainer.explain(c.x, ["deeplift"], baselines=True), BAD,
@@ -211,7 +211,88 @@ ROWS: list[tuple[str, Callable[[Context], object], type, str]] = [
      "it is a directory"),
     ("save_png unknown extension", lambda c: ox.save_png(c.tmp / "x.xyz", np.zeros((4, 4, 3), np.uint8)), BAD,
      "file name ending"),
+    ("save_png huge scale", lambda c: ox.save_png(c.tmp / "x.png", np.zeros((4, 4, 3), np.uint8), scale=60000), BAD,
+     "would exceed"),
+    ("save_png path with NUL", lambda c: ox.save_png("a\0b.png", np.zeros((4, 4, 3), np.uint8)), BAD,
+     "expected a file path"),
+    ("load_image size (0, 0)", lambda c: ox.load_image(_png(c), (0, 0)), BAD, "size must be (H, W)"),
+    ("load_image path with NUL", lambda c: ox.load_image(str(_png(c)) + "\0.png", (8, 8)), BAD,
+     "expected a file path"),
+    ("load_image decompression bomb", lambda c: ox.load_image(_bomb(c), (8, 8)), BAD, "declares 67240000 pixels"),
+    ("overlay colormap True", lambda c: ox.overlay(c.x[0], np.zeros((64, 64)), colormap=True), BAD, "colormap"),
+    ("overlay colormap 1.0", lambda c: ox.overlay(c.x[0], np.zeros((64, 64)), colormap=1.0), BAD, "colormap"),
+    ("overlay int64 image", lambda c: ox.overlay(np.full((16, 16, 3), 128, np.int64), np.zeros((16, 16))), BAD,
+     "float array in [0, 1] or uint8"),
+    ("boxes threshold '0.5'", lambda c: ox.boxes(np.zeros((8, 8)), threshold="0.5"), BAD, "threshold"),
+    ("pointing tolerance '2'", lambda c: ox.pointing_hits(np.zeros((1, 4, 4)), np.zeros((1, 4), int), "2"), BAD,
+     "tolerance"),
+    ("pointing NaN heatmaps", lambda c: ox.pointing_hits(np.full((1, 4, 4), np.nan), np.zeros((1, 4), int)), BAD,
+     "finite"),
+    # Metadata that would reach file names and terminals
+    ("metadata method path", lambda c: ox.Explainer(with_metadata(
+        c, lambda d: {**d, "maps": [{**d["maps"][0], "method": "x/../../PWNED"}, *d["maps"][1:]]}, "trav")), BAD,
+     "'maps'"),
+    ("metadata class name escape", lambda c: ox.Explainer(with_metadata(
+        c, lambda d: {**d, "class_names": ["\x1b[2Jx", *d["class_names"][1:]]}, "escape")), BAD, "'class_names'"),
+    ("metadata input_shape", lambda c: ox.Explainer(with_metadata(c, edited(input_shape=[3, 32, 32]), "shape")), BAD,
+     "'input_shape'"),
+    ("metadata preprocessing", lambda c: ox.Explainer(with_metadata(c, edited(preprocessing={"mean": [0.5, 0.5]}),
+                                                                    "pre")), BAD, "'preprocessing'"),
+    # Types the API does not take
+    ("Explainer providers [1]", lambda c: ox.Explainer(c.path, providers=[1]), BAD, "providers must be"),
+    ("Explainer max_images_per_run 2.5", lambda c: ox.Explainer(c.path, max_images_per_run=2.5), BAD,
+     "max_images_per_run must be an integer"),
+    ("explain methods 5", lambda c: c.explainer.explain(c.x, methods=5), BAD, "methods must be"),
+    ("explain methods []", lambda c: c.explainer.explain(c.x, methods=[]), BAD, "methods must be"),
+    ("explain targets ragged", lambda c: c.explainer.explain(c.x, targets=[[1], [1, 2]]), BAD,
+     "targets must be integer"),
+    ("explain baselines 10**400", lambda c: c.explainer.explain(c.x, ["deeplift"], baselines=10**400), BAD,
+     "float32's range"),
+    ("explain baselines array(True)", lambda c: c.explainer.explain(c.x, ["deeplift"], baselines=np.array(True)),
+     BAD, "baselines must be a number"),
+    ("explain baselines complex", lambda c: c.explainer.explain(c.x, ["deeplift"], baselines=np.complex64(1)), BAD,
+     "baselines must be a number"),
+    ("any-ONNX methods None", lambda c: ox.explain(c.plain, c.plain_x, None), BAD, "methods must be"),
+    ("occlusion baseline array", lambda c: ox.occlusion(c.plain, c.plain_x, window=4, stride=4,
+                                                        baseline=np.zeros(3)), BAD, "baseline must be a number"),
+    ("occlusion_graph batch_size 0", lambda c: ox.occlusion_graph(c.plain, window=4, stride=4, batch_size=0), BAD,
+     "batch_size must be an integer from 1"),
+    ("rise_masks seed 2**64", lambda c: ox.rise_masks((16, 16), 4, seed=2**64), BAD, "fit in int64"),
+    ("rise_masks size (16,)", lambda c: ox.rise_masks((16,), 4), BAD, "size must be (H, W)"),
+    ("rise p complex", lambda c: ox.rise(c.plain, c.plain_x, n_masks=8, p=np.complex64(0.5)), BAD,
+     "p (the probability"),
+    ("rise p 1e-45", lambda c: ox.rise(c.plain, c.plain_x, n_masks=8, p=1e-45), BAD, "p (the probability"),
+    ("cam_graph kind 'foo'", lambda c: ox.cam_graph(c.plain, layer="act", kind="foo"), BAD, "kind must be one of"),
+    ("cam_graph unknown layer", lambda c: ox.cam_graph(c.plain, layer="nope", kind="activations"), BAD,
+     "no tensor or module named 'nope'"),
+    ("one-class model with prob", lambda c: ox.occlusion(_one_class(c), c.plain_x, window=4, stride=4), BAD,
+     "one class"),
+    ("class_model of a path", lambda c: ox.class_model(str(c.path), 1), TypeError, "takes an Explainer"),
+    ("class_model lr 1e38", lambda c: ox.class_model(c.explainer, 1, steps=3, lr=1e38, show_progress=False), BAD,
+     "the ascent diverged"),
+    ("class_model init NaN", lambda c: ox.class_model(c.explainer, 1, steps=1, init=np.full((3, 64, 64), np.nan)),
+     BAD, "init must be finite"),
 ]
+
+
+def _png(c: Context) -> Path:
+    return ox.save_png(c.tmp / "small.png", np.zeros((8, 8, 3), np.uint8))
+
+
+def _bomb(c: Context) -> Path:
+    """A PNG of a few hundred KB that decodes to 8200 x 8200 pixels (over the reader's limit)."""
+    import cv2
+
+    path = c.tmp / "bomb.png"
+    if not path.exists():
+        cv2.imwrite(str(path), np.zeros((8200, 8200), np.uint8))
+    return path
+
+
+def _one_class(c: Context) -> str:
+    path = c.tmp / "one.onnx"
+    onnx.save(handmade("NCHW", classes=1), str(path))
+    return str(path)
 
 
 def _folder(path: Path) -> Path:
@@ -237,6 +318,9 @@ GOOD: list[tuple[str, Callable[[Context], object], Callable[[object], bool]]] = 
      lambda r: np.isfinite(r["smoothgrad"].raw).all()),
     ("occlusion numpy window", lambda c: ox.occlusion(c.plain, c.plain_x, window=np.int64(4), stride=(4, 4)),
      lambda r: r["occlusion"].grid.shape == (2, 4, 4)),
+    ("occlusion numpy array window", lambda c: ox.occlusion(c.plain, c.plain_x, window=np.array([4, 4]), stride=4),
+     lambda r: r["occlusion"].grid.shape == (2, 4, 4)),
+    ("layer_tensors of a path", lambda c: ox.layer_tensors(c.plain), lambda r: "act" in [t.name for t in r]),
     ("rise cell 1 is drawn chunk by chunk", lambda c: ox.rise(c.plain, c.plain_x, n_masks=64, cell=1, batch_size=8),
      lambda r: np.isfinite(r["rise"].heatmap).all()),
 ]
@@ -279,7 +363,7 @@ CLI_ROWS: list[tuple[str, Callable[[Context], list[str]], str]] = [
     ("explain --out under a file", lambda c: ["explain", str(c.path), _image(c, 64), "--out",
                                               _regular_file(c) + "/sub"], "is a file"),
     ("explain an unreadable image", lambda c: ["explain", str(c.path), str(c.tmp / "none.png"), "--out",
-                                               str(c.tmp / "o")], "cannot read"),
+                                               str(c.tmp / "o")], "no image file at"),
     ("export to a directory", lambda c: ["export", "shapenet", str(c.tmp)], "it is a directory"),
     ("export under a file", lambda c: ["export", "shapenet", _regular_file(c) + "/m.onnx"], "is a file"),
     ("export a .pt that is not a pickle", lambda c: ["export", _not_a_pickle(c), str(c.tmp / "m.onnx")],
@@ -288,6 +372,14 @@ CLI_ROWS: list[tuple[str, Callable[[Context], list[str]], str]] = [
                                                   "1", "64", "64"], "first layer takes 3 channels"),
     ("demo --images 0", lambda c: ["demo", "--images", "0", "--out", str(c.tmp / "demo")],
      "images must be an integer"),
+    ("demo --images 1000000", lambda c: ["demo", "--images", "1000000", "--out", str(c.tmp / "demo")], "at most"),
+    ("no subcommand", lambda c: [], "required: command"),
+    ("occlusion --window abc", lambda c: ["occlusion", c.plain, _image(c), "--window", "abc", "--stride", "4"],
+     "'abc' is not window side"),
+    ("explain --mean nan", lambda c: ["explain", str(c.path), _image(c, 64), "--mean", "nan", "0", "0", "--out",
+                                      str(c.tmp / "o")], "mean must be finite"),
+    ("explain with a missing image among", lambda c: ["explain", str(c.path), _image(c, 64), str(c.tmp / "none.png"),
+                                                      "--out", str(c.tmp / "partial")], "no image file at"),
 ]
 
 
@@ -298,3 +390,4 @@ def test_command_line_failure_is_one_line(ctx, capsys, entry, argv, fragment):
     assert main(argv(ctx)) == 2, entry
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err, err
+    assert not (ctx.tmp / "partial").exists(), "nothing is written before every input is checked"

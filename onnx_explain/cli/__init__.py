@@ -12,8 +12,19 @@ from onnx_explain.cli import exported, serving
 from onnx_explain.cli import perturbation as cli_models
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (main prints it and returns 2) instead of exiting."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="onnx-explain", description="Explain image classifiers in ONNX Runtime.")
+    parser = _Parser(prog="onnx-explain", description="Explain image classifiers in ONNX Runtime.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="export the shipped ShapeNet, explain held-out images, write an HTML page")
@@ -26,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli_models.add_parsers(sub)
     serving.add_parsers(sub)
 
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(f"onnx-explain: error: {e}", file=sys.stderr)
+        return 2
     try:
         _check_out(args)
         if args.command in cli_models.COMMANDS:

@@ -14,6 +14,7 @@ from onnx_explain.render.pointing import pointing_hits
 from onnx_explain.runtime.explainer import Explainer
 
 BATCH = 32
+MAX_IMAGES = 10_000  # held-out images the demo generates (about 0.5 GB)
 SCALE = 3  # 64-px images are enlarged for the page
 # Fewer points than the export defaults (32 steps, 16 copies) keep the demo's ig_* maps (steps x copies
 # runs per image) to seconds on a laptop CPU.
@@ -24,6 +25,8 @@ def run_demo(out: Path, n_show: int = 16, n_score: int = 200) -> dict[str, float
     """Write out/index.html with overlays per image and method; print and return each method's
     pointing-game accuracy on `n_score` held-out images."""
     n_show, n_score = check_count("images", n_show), check_count("score_images", n_score)
+    if max(n_show, n_score) > MAX_IMAGES:
+        raise ValueError(f"the demo shows and scores at most {MAX_IMAGES} images, got {max(n_show, n_score)}")
     from onnx_explain.exporters import METHODS, export_explainer  # the demo exports, so it needs onnx-explain[export]
     from onnx_explain.models.shapenet import INPUT_SHAPE, TARGET_LAYER, load_shapenet
     from onnx_explain.models.shapes import CLASSES, TEST_SEED, make_shapes

@@ -94,6 +94,9 @@ def export(args: argparse.Namespace) -> None:
 
 
 def explain(args: argparse.Namespace) -> None:
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise ValueError(f"no image file at {', '.join(missing)}")
     explainer = Explainer(args.model, providers=args.providers)
     top_k = explainer.info.top_k
     if top_k > 1 and args.target != -1:

@@ -4,6 +4,7 @@ pure-inference method, and `layers`, which lists the tensors a CAM can use."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def add_parsers(sub) -> None:
         for option in m.options:
             required = option.default is REQUIRED
             default = "" if required else f" (default {option.default})" if "default" not in option.help else ""
-            parser.add_argument(option.flag, dest=option.name, type=option.parse, required=required,
+            parser.add_argument(option.flag, dest=option.name, type=_parsing(option), required=required,
                                 default=None if required else option.default, help=option.help + default)
 
     lay = sub.add_parser("layers", help="list the inner tensors of an ONNX classifier a CAM can use")
@@ -44,7 +45,23 @@ def add_parsers(sub) -> None:
     lay.add_argument("--layout", choices=["NCHW", "NHWC"], default=None, help="the model's image layout")
 
 
+def _parsing(option):
+    """option.parse, with argparse's message naming the flag and what it takes."""
+    def parse(text: str):
+        try:
+            return option.parse(text)
+        except (ValueError, TypeError) as e:
+            takes = re.sub(r" [(]default [^)]*[)]$", "", option.help)
+            raise argparse.ArgumentTypeError(f"{text!r} is not {takes}") from e
+
+    parse.__name__ = option.name
+    return parse
+
+
 def run(args: argparse.Namespace) -> None:
+    missing = [str(p) for p in getattr(args, "images", ()) if not p.is_file()]
+    if missing:
+        raise ValueError(f"no image file at {', '.join(missing)}")
     model = classifier(args.model, layout=args.layout)
     if args.command == "layers":
         print(f"{'tensor':40s} {'shape':24s} {'op':18s} module")

@@ -33,7 +33,10 @@ def check_targets(targets: object, n: int, num_classes: int, top_k: int = 1, wha
     shape = (n,) if top_k == 1 else (n, top_k)
     if targets is None:
         return np.full(shape, -1, dtype=np.int64)
-    arr = np.asarray(targets)
+    try:
+        arr = np.asarray(targets)
+    except (ValueError, TypeError) as e:  # ragged nested lists
+        raise ValueError(f"targets must be integer {what} indices, one per image ({n}); got {targets!r}") from e
     if arr.size == 0:
         raise ValueError(f"targets is empty; expected one {what} index per image ({n}), or None for the predicted")
     if arr.dtype.kind not in "iu":
@@ -54,20 +57,19 @@ def check_baselines(baselines: object, n: int, input_shape: Sequence[int]) -> np
     """A number, one baseline [C, H, W] or [1, C, H, W] for the whole batch, or one per image [N, C, H, W];
     returned float32 [1 or N, C, H, W], finite."""
     shape = tuple(input_shape)
-    if isinstance(baselines, (bool, np.bool_)) or not isinstance(baselines, (int, float, np.number, np.ndarray)):
-        raise ValueError(f"baselines must be a number or a float32 array, got {type(baselines).__name__}")
-    with np.errstate(over="ignore"):  # a number beyond float32 becomes inf, refused below
-        arr = np.asarray(baselines, dtype=np.float32) if not isinstance(baselines, np.ndarray) else baselines
-    if arr.ndim == 0:
-        arr = np.full((1, *shape), arr, np.float32)
-    if arr.shape == shape:
-        arr = arr[None]
+    if isinstance(baselines, np.ndarray) and baselines.ndim == 0 and baselines.dtype.kind in "iuf":
+        baselines = baselines.item()
+    if isinstance(baselines, (int, float, np.integer, np.floating)) and not isinstance(baselines, (bool, np.bool_)):
+        if not abs(_as_float(baselines)) <= FLOAT32.max:  # NaN fails this too
+            raise ValueError(f"baselines must be finite and within float32's range, got {baselines!r}")
+        return np.full((1, *shape), baselines, np.float32)
+    if not (isinstance(baselines, np.ndarray) and baselines.dtype.kind == "f"):
+        raise ValueError(f"baselines must be a number or a float32 array, got {_described(baselines)}")
+    arr = baselines[None] if baselines.shape == shape else baselines
     if arr.ndim != 4 or arr.shape[1:] != shape or arr.shape[0] not in (1, n):
         raise ValueError(f"baselines must be a number, [{', '.join(map(str, shape))}], [1, ...] or one per image "
                          f"[{n}, ...], got shape {list(arr.shape)}")
-    if arr.dtype.kind != "f":
-        raise ValueError(f"baselines must be float32, got dtype {arr.dtype}")
-    if not np.isfinite(arr).all() or (arr.dtype != np.float32 and np.abs(arr).max() > FLOAT32.max):
+    if not np.isfinite(arr).all() or np.abs(arr).max() > FLOAT32.max:
         raise ValueError("baselines contain NaN, inf or values beyond float32's range; expected finite values")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
@@ -103,6 +105,12 @@ def check_count(name: str, value: object, low: int = 1) -> int:
     if not low <= int(value) <= INT64.max:
         raise ValueError(f"{name} must be an integer from {low} to {INT64.max}, got {value!r}")
     return int(value)
+
+
+def _described(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of dtype {value.dtype}"
+    return type(value).__name__
 
 
 def _as_float(value: int | float | np.number) -> float:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import onnx
 
 KEY = "onnx_explain"
+NAME = re.compile(r"[A-Za-z0-9_.+\-]+")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FORMAT = 1
 
 
@@ -75,7 +78,13 @@ def _count(low: int) -> Callable[[object], bool]:
 
 
 def _strings(v: object) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+    """A list of printable strings: names reach file names and terminals."""
+    return isinstance(v, list) and all(isinstance(x, str) and not CONTROL.search(x) for x in v)
+
+
+def _name(v: object) -> bool:
+    """A method or layer name: letters, digits and _ . + - only (they become parts of file names)."""
+    return isinstance(v, str) and NAME.fullmatch(v) is not None
 
 
 def _shape(v: object) -> bool:
@@ -84,8 +93,9 @@ def _shape(v: object) -> bool:
 
 def _map(v: object) -> bool:
     names = isinstance(v, dict) and set(v) <= {"method", "layer", "raw", "heatmap", "delta"}
-    return names and all(isinstance(v.get(k), str) for k in ("method", "raw", "heatmap")) and all(
-        v.get(k) is None or isinstance(v[k], str) for k in ("layer", "delta"))
+    layer, delta = v.get("layer") if names else None, v.get("delta") if names else None
+    return names and _name(v.get("method")) and (layer is None or _name(layer)) and all(
+        isinstance(v.get(k), str) for k in ("raw", "heatmap")) and (delta is None or isinstance(delta, str))
 
 
 def _feature(v: object) -> bool:
@@ -97,10 +107,11 @@ def _feature(v: object) -> bool:
 _FIELDS: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "input_shape": (True, lambda v: _shape(v) and len(v) == 3, "[C, H, W], three positive integers"),
     "num_classes": (True, _count(1), "a positive integer"),
-    "class_names": (True, _strings, "a list of strings"),
+    "class_names": (True, _strings, "a list of strings without control characters"),
     "maps": (True, lambda v: isinstance(v, list) and len(v) > 0 and all(map(_map, v)),
-             "a non-empty list of {method, layer, raw, heatmap, delta} with string output names"),
-    "layers": (False, lambda v: isinstance(v, dict) and all(map(_shape, v.values())),
+             "a non-empty list of {method, layer, raw, heatmap, delta}: plain method and layer names "
+             "(letters, digits, _ . + -) and string output names"),
+    "layers": (False, lambda v: isinstance(v, dict) and all(map(_name, v)) and all(map(_shape, v.values())),
                "an object of layer name -> [C, h, w]"),
     "producer": (False, lambda v: isinstance(v, str), "a string"),
     "opset": (False, _count(0), "a non-negative integer"),
@@ -126,6 +137,11 @@ def _check_fields(data: dict) -> None:
                 raise ValueError(f"metadata field {name!r} is missing; expected {expected}")
         elif not ok(data[name]):
             raise ValueError(f"metadata field {name!r} is {_short(data[name])}; expected {expected}")
+    channels = data["input_shape"][0]
+    for key, values in (data.get("preprocessing") or {}).items():
+        if len(values) != channels:
+            raise ValueError(f"metadata field 'preprocessing' has {len(values)} {key} values; expected one per "
+                             f"channel ({channels})")
     if len(data["class_names"]) != data["num_classes"]:
         raise ValueError(f"metadata field 'class_names' has {len(data['class_names'])} names; expected one per "
                          f"class (num_classes {data['num_classes']})")
@@ -161,6 +177,11 @@ def check_graph(info: GraphInfo, session, source: str) -> None:
     """
     outputs = {o.name: o.shape for o in session.get_outputs()}
     inputs = {i.name: i.shape for i in session.get_inputs()}
+    images = inputs.get("images")
+    if images is None or len(images) != 4 or any(
+            isinstance(d, int) and d != s for d, s in zip(images[1:], info.input_shape, strict=False)):
+        raise ValueError(f"{source}'s metadata field 'input_shape' is {list(info.input_shape)}; the graph's images "
+                         f"input is {images}")
     named = ["logits", "explained_targets", *(n for m in info.maps for n in (m.raw, m.heatmap, m.delta) if n)]
     missing = [n for n in named if n not in outputs]
     if missing:

@@ -19,7 +19,11 @@ def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     if providers is None:
         preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return [p for p in preferred if p in available]
-    names = [providers] if isinstance(providers, str) else list(providers)
+    names = [providers] if isinstance(providers, str) else (
+        list(providers) if isinstance(providers, (list, tuple)) else None)
+    if not names or not all(isinstance(p, str) for p in names):
+        raise ValueError(f"providers must be a provider name (\"cuda\", \"cpu\" or a full name) or a list of them, "
+                         f"got {providers!r}")
     resolved = [_SHORT.get(p.lower(), p) for p in names]
     missing = [p for p in resolved if p not in available]
     if missing:

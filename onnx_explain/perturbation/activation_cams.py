@@ -29,6 +29,7 @@ from onnx_explain.perturbation.scoring import (
     target_scores,
 )
 
+CAM_KINDS = ("activations", "scorecam", "ablationcam")
 ABLATION_OFFSET = 1e7  # pytorch-grad-cam's: a layer whose minimum is not 0 is ablated to its minimum minus this
 
 
@@ -143,6 +144,9 @@ def cam_graph(model: str | Path | onnx.ModelProto | Classifier, *, layer: str, k
     the CAM "raw" [N, h, w] (kind "scorecam" or "ablationcam")."""
     model = classifier(model)
     check_score(score)
+    if kind not in CAM_KINDS:
+        raise ValueError(f"kind must be one of {CAM_KINDS}, got {kind!r}")
+    layer, layer_layout = _layer(model, layer, layer_layout)
     b = Builder()
     logits, base, (activations,) = image_scores(b, model, score, extra=[layer])
     if layer_layout == "NHWC":

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from onnx import TensorProto
 
 from onnx_explain.core.graph import Builder, inline, value
+from onnx_explain.core.inputs import check_count
 from onnx_explain.perturbation.classifier import Classifier
 
 DEFAULT_BATCH = 32  # images per model run: a bound on memory, and enough to keep the CPU kernels busy
@@ -77,7 +78,7 @@ def clipped_range(b: Builder, i: str, size: str, count: str) -> tuple[str, str]:
 
 def budget(model: Classifier, batch_size: int | None) -> int:
     """Images per model run: the caller's, else the model's fixed batch, else DEFAULT_BATCH."""
-    return batch_size or model.batch or DEFAULT_BATCH
+    return check_count("batch_size", batch_size) if batch_size is not None else model.batch or DEFAULT_BATCH
 
 
 def balanced_chunk(b: Builder, total: str, per_item: str, budget: int) -> tuple[str, str]:

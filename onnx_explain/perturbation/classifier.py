@@ -175,9 +175,10 @@ class Tensor:
     module: str  # the torch module that made it, when the exporter recorded one, else ""
 
 
-def layer_tensors(model: Classifier) -> list[Tensor]:
+def layer_tensors(model: str | Path | onnx.ModelProto | Classifier) -> list[Tensor]:
     """Every rank-4 float tensor inside the model (not the input), with its shape: the candidates for
-    the activation CAMs' `layer`, in graph order."""
+    the activation CAMs' `layer`, in graph order.  `model` is anything classifier() takes."""
+    model = classifier(model)
     inferred = shape_inference.infer_shapes(model.model)
     shapes = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.output)}
     found = []

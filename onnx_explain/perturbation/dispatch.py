@@ -56,6 +56,9 @@ def explain(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray
     targets = check_targets(targets, len(images), model.num_classes or 2**62)
     settings = Settings(check_score(score), None if batch_size is None else check_count("batch_size", batch_size),
                         providers)
+    if score == "prob" and model.num_classes == 1 and any(m.class_specific for m in chosen):
+        raise ValueError("the model has one class, whose softmax probability is always 1: explain it with "
+                         "score=\"logit\"")
     outcomes = [m.run(model, images, targets, settings, **values[m.name]) for m in chosen]
     first = next((o for m, o in zip(chosen, outcomes, strict=True) if m.class_specific), outcomes[0])
     maps = {(o.map.method, o.map.layer): o.map for o in outcomes}
@@ -63,10 +66,13 @@ def explain(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray
 
 
 def _chosen(methods: Sequence[str] | str) -> list[PerturbationMethod]:
-    names = [methods] if isinstance(methods, str) else list(methods)
+    names = [methods] if isinstance(methods, str) else list(methods) if isinstance(methods, (list, tuple)) else None
+    if not names or not all(isinstance(m, str) for m in names):
+        raise ValueError(f"methods must be a method name or a non-empty list of them ({sorted(METHODS)}), "
+                         f"got {methods!r}")
     unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise ValueError(f"unknown methods {unknown or names}; the pure-inference methods are {sorted(METHODS)}")
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; the pure-inference methods are {sorted(METHODS)}")
     return [METHODS[m] for m in dict.fromkeys(names)]
 
 

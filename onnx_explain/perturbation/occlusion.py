@@ -54,8 +54,8 @@ def run_occlusion(model: Classifier, images: np.ndarray, targets: np.ndarray, se
     target's score is recorded, as captum's `Occlusion` does.  Map: raw [N, H, W] the mean score drop
     over the windows covering each pixel (0 where no window does), grid [N, nh, nw] the drop per window
     position, heatmap the positive part of raw scaled to [0, 1]."""
-    graph = dict(window=window, stride=stride, baseline=baseline, score=settings.score,
-                 batch_size=settings.batch_size)
+    graph = dict(window=_pair(window, "window"), stride=_pair(stride, "stride"), baseline=_fill(baseline),
+                 score=settings.score, batch_size=settings.batch_size)
     out = run_built(occlusion_graph, model, graph, {"images": images, "targets": targets}, settings.providers)
     found = Map("occlusion", None, out["heatmap"], out["raw"], grid=out["grid"])
     return Outcome(out["logits"], out["explained_targets"], found)
@@ -137,10 +137,22 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     return model_proto(b, model, image_inputs(model), outputs, "occlusion")
 
 
+def _fill(baseline: object) -> float | str:
+    """The baseline as a hashable value: a number (a 0-d array is taken as its number) or a name."""
+    if isinstance(baseline, np.ndarray) and baseline.ndim == 0 and baseline.dtype.kind in "iuf":
+        baseline = baseline.item()
+    if isinstance(baseline, str) or (isinstance(baseline, (int, float, np.integer, np.floating))
+                                     and not isinstance(baseline, (bool, np.bool_))):
+        return baseline
+    raise ValueError(f"baseline must be a number or one of {BASELINES}, got {baseline!r}")
+
+
 def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
     def whole(x: object) -> bool:
         return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and 0 < x <= 2**31
 
+    if isinstance(v, np.ndarray) and v.ndim <= 1:
+        v = v.tolist()
     pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else ()
     if len(pair) != 2 or not all(whole(x) for x in pair):
         raise ValueError(f"{what} must be a positive int or (height, width), got {v!r}")

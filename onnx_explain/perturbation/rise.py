@@ -32,6 +32,8 @@ from onnx_explain.perturbation.scoring import (
     score_outputs,
 )
 
+MIN_P = 1e-6
+
 
 @method("rise", summary="RISE (Petsiuk et al. 2018): random masks weighted by the scores of the masked images",
         options=(Option("n_masks", int, 2000, "random masks per image (default 2000)"),
@@ -106,15 +108,18 @@ def rise_graph(model: str | Path | onnx.ModelProto | Classifier, *, n_masks: int
     outputs = [*score_outputs(b, model, logits, base, explained), value(b.named(raw, "raw"), float_, size),
                value(b.named(min_max(b, raw), "heatmap"), float_, size)]
     proto = model_proto(b, model, [*image_inputs(model), value("seed", onnx.TensorProto.INT64, [])], outputs, "rise")
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(seed, np.int64), "seed"))  # a default
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(check_scalar("seed", seed, "i"), "seed"))  # a default
     return proto
 
 
 def rise_masks(size: Sequence[int], n_masks: int = 2000, cell: int | None = None, p: float = 0.5,
                seed: int = 0) -> np.ndarray:
     """The masks [n_masks, H, W] that `rise` draws for images of `size` (H, W) with these settings."""
+    if not (isinstance(size, (tuple, list)) and len(size) == 2):
+        raise ValueError(f"size must be (H, W), two integers >= 1, got {size!r}")
+    size = tuple(check_count("size", s) for s in size)
     b = Builder()
-    masks = _MaskMaker(b, tuple(size), n_masks, cell, p, b.const(seed, "int64"))
+    masks = _MaskMaker(b, size, n_masks, cell, p, b.const(check_scalar("seed", seed, "i"), "int64"))
     out = b.named(masks.make(b, b.op("Range", b.const(0, "int64"), b.const(n_masks, "int64"), b.const(1, "int64"))),
                   "masks")
     graph = b.graph("rise_masks", [], [value(out, onnx.TensorProto.FLOAT, [n_masks, *size])])
@@ -129,8 +134,9 @@ class _MaskMaker:
 
     def __init__(self, b: Builder, size: tuple[int, int], n_masks: int, cell: int | None, p: float, seed: str) -> None:
         check_count("n_masks", n_masks)
-        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.number)) or not 0 < p <= 1:
-            raise ValueError(f"p (the probability of keeping a cell) must be in (0, 1], got {p!r}")
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) or not (
+                MIN_P <= p <= 1):  # below MIN_P, 1 / (n_masks p) leaves float32's range
+            raise ValueError(f"p (the probability of keeping a cell) must be in [{MIN_P}, 1], got {p!r}")
         cell = math.ceil(min(size) / 7) if cell is None else cell
         if isinstance(cell, (bool, np.bool_)) or not (isinstance(cell, (int, np.integer)) and 0 < cell <= min(size)):
             raise ValueError(f"cell must be a positive int no larger than the image {list(size)}, got {cell!r}")

@@ -116,7 +116,7 @@ def check_batch(model: Classifier, images: object, targets: object) -> tuple[np.
 @lru_cache(maxsize=4)
 def _session(model: Classifier, build: Callable, settings: tuple, providers: tuple[str, ...]) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failed run is raised with its message, not also logged on stderr
     graph = build(model, **dict(settings))
     return load_session(graph.SerializeToString(), options, list(providers), f"the {graph.graph.name} graph")
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+# The largest image decoded, or written by save_png (an 8192 x 8192 picture).  OpenCV's own limit,
+# 2^30 pixels, read once when cv2 is imported, lets a 219 KB PNG take gigabytes.
+MAX_PIXELS = 2**26
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 COLORMAPS = frozenset(v for k, v in vars(cv2).items() if k.startswith("COLORMAP_"))
@@ -14,8 +19,9 @@ COLORMAPS = frozenset(v for k, v in vars(cv2).items() if k.startswith("COLORMAP_
 def to_rgb8(image: np.ndarray) -> np.ndarray:
     """[C, H, W] or [H, W, C] (or [H, W]) float in [0, 1] or uint8 -> uint8 [H, W, 3] RGB."""
     img = np.asarray(image)
-    if img.dtype.kind not in "uif" or img.size == 0:
-        raise ValueError(f"image must be a non-empty numeric array, got dtype {img.dtype}, shape {list(img.shape)}")
+    if not (img.dtype == np.uint8 or img.dtype.kind == "f") or img.size == 0:
+        raise ValueError(f"image must be a non-empty float array in [0, 1] or uint8, got dtype {img.dtype}, "
+                         f"shape {list(img.shape)}")
     if img.dtype.kind == "f" and not np.isfinite(img).all():
         raise ValueError("image contains NaN or inf values; expected finite values in [0, 1]")
     if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[2] not in (1, 3):
@@ -42,9 +48,11 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5,
     Returns:
         uint8 [H, W, 3] RGB.
     """
-    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.number)) or not 0 <= alpha <= 1:
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.integer, np.floating)) or not (
+            0 <= alpha <= 1):
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if colormap not in COLORMAPS:
+    whole = isinstance(colormap, (int, np.integer)) and not isinstance(colormap, (bool, np.bool_))
+    if not whole or colormap not in COLORMAPS:
         raise ValueError(f"colormap must be an OpenCV colormap id, cv2.COLORMAP_* (0..{max(COLORMAPS)}), "
                          f"got {colormap!r}")
     rgb = to_rgb8(image)
@@ -61,7 +69,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5,
 
 def save_png(path: str | Path, rgb: np.ndarray, scale: int = 1) -> Path:
     """Write uint8 [H, W, 3] RGB as PNG, optionally enlarged by an integer factor (nearest neighbour)."""
-    path = Path(path)
+    path = _path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"cannot write {path}: expected a file name ending in one of {sorted(IMAGE_SUFFIXES)}")
     if path.is_dir():
@@ -71,6 +79,8 @@ def save_png(path: str | Path, rgb: np.ndarray, scale: int = 1) -> Path:
         raise ValueError(f"save_png takes uint8 [H, W, 3] RGB (see to_rgb8), got {rgb.dtype} {list(rgb.shape)}")
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
         raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
+    if rgb.shape[0] * rgb.shape[1] * scale * scale > MAX_PIXELS:
+        raise ValueError(f"a {rgb.shape[1]}x{rgb.shape[0]} picture at scale {scale} would exceed {MAX_PIXELS} pixels")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -86,6 +96,8 @@ def standardized(image: np.ndarray, mean=None, std=None) -> np.ndarray:
     """[C, H, W] minus a per-channel mean, divided by a per-channel std (each optional), float32."""
     if std is not None and not (np.isfinite(std).all() and (np.asarray(std) > 0).all()):
         raise ValueError(f"std must be positive finite numbers (one per channel), got {list(std)}")
+    if mean is not None and not np.isfinite(mean).all():
+        raise ValueError(f"mean must be finite numbers (one per channel), got {list(mean)}")
     x = image
     if mean is not None:
         x = x - np.asarray(mean, np.float32)[:, None, None]
@@ -96,8 +108,47 @@ def standardized(image: np.ndarray, mean=None, std=None) -> np.ndarray:
 
 def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """Read an image file as float32 [3, H, W] RGB in [0, 1], resized to size = (H, W)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read {path} as an image (missing, or not a format OpenCV reads)")
+    path = _path(path)
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s >= 1 for s in size)):
+        raise ValueError(f"size must be (H, W), two integers >= 1, got {size!r}")
+    if not path.is_file():
+        raise ValueError(f"cannot read {path}: {'it is a directory' if path.is_dir() else 'no such file'}")
+    bgr = decode(path.read_bytes(), str(path))
     rgb = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)[..., ::-1]
     return (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
+
+
+def _path(path: str | Path) -> Path:
+    if not isinstance(path, (str, Path)) or "\0" in str(path):
+        raise ValueError(f"expected a file path, got {path!r}")
+    return Path(path)
+
+
+def decode(data: bytes, source: str) -> np.ndarray:
+    """An encoded image (any format OpenCV reads) -> uint8 BGR [H, W, 3]; a PNG or JPEG that declares
+    more than MAX_PIXELS is refused before it is decoded."""
+    pixels = _declared_pixels(data)
+    if pixels is not None and pixels > MAX_PIXELS:
+        raise ValueError(f"{source} declares {pixels} pixels; images of at most {MAX_PIXELS} are read")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if bgr is None:
+        raise ValueError(f"cannot read {source} as an image (not a format OpenCV reads)")
+    return bgr
+
+
+def _declared_pixels(data: bytes) -> int | None:
+    """Width x height from a PNG's IHDR or a JPEG's frame header; None for other formats."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width * height
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker, length = data[at + 1], struct.unpack(">H", data[at + 2:at + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame header
+            height, width = struct.unpack(">HH", data[at + 5:at + 9])
+            return width * height
+        at += 2 + length
+    return None

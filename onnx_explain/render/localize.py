@@ -23,7 +23,8 @@ def boxes(heatmap: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     maps = np.asarray(heatmap, dtype=np.float32)
     if maps.ndim not in (2, 3) or 0 in maps.shape:
         raise ValueError(f"heatmap must be [H, W] or [N, H, W], got shape {list(maps.shape)}")
-    if not 0.0 < threshold <= 1.0:
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+            or not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold is a fraction of the map's maximum, in (0, 1]; got {threshold}")
     if not np.isfinite(maps).all():
         raise ValueError("heatmap contains NaN or inf values")

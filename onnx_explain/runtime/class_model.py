@@ -47,6 +47,8 @@ def class_model(explainer: Explainer, target: int, steps: int = 200, lr: float =
     Example:
         >>> picture = class_model(Explainer("shapenet.onnx"), target=2, steps=100).image
     """
+    if not isinstance(explainer, Explainer):
+        raise TypeError(f"class_model takes an Explainer (Explainer(path)), got {type(explainer).__name__}")
     if "saliency" not in explainer.methods:
         raise ValueError(f"class_model needs the saliency gradient; {explainer.path.name} was exported with "
                          f"{list(explainer.methods)} (export it with methods including 'saliency')")
@@ -64,13 +66,20 @@ def class_model(explainer: Explainer, target: int, steps: int = 200, lr: float =
         if not positive or not np.isfinite(value):
             raise ValueError(f"{name} must be a finite number {low}, got {value!r}")
     shape = explainer.info.input_shape
-    image = np.zeros(shape, np.float32) if init is None else np.array(init, dtype=np.float32)
-    if image.shape != tuple(shape):
-        raise ValueError(f"init must be [C, H, W] = {list(shape)}, got {list(image.shape)}")
+    try:
+        image = np.zeros(shape, np.float32) if init is None else np.array(init, dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"init must be a float array [C, H, W] = {list(shape)}, got {type(init).__name__}") from e
+    if image.shape != tuple(shape) or not np.isfinite(image).all():
+        raise ValueError(f"init must be finite, [C, H, W] = {list(shape)}; got shape {list(image.shape)}"
+                         f"{'' if np.isfinite(image).all() else ' with NaN or inf values'}")
     scores = []
     rounds = range(steps)
     for _ in progress(rounds, steps, "class model") if show_progress else rounds:
-        result = explainer.explain(image[None], methods=["saliency"], targets=[int(target)])
+        try:
+            result = explainer.explain(image[None], methods=["saliency"], targets=[int(target)])
+        except ValueError as e:  # the image left float32's range: lr or l2 too large for this model
+            raise ValueError(f"the ascent diverged after {len(scores)} steps (lower lr={lr} or l2={l2}): {e}") from e
         scores.append(float(result.logits[0, target]))
         image = image + lr * (result["saliency"].raw[0] - 2 * l2 * image)
     scores.append(float(explainer.explain(image[None], methods=["saliency"], targets=[int(target)]).logits[0, target]))

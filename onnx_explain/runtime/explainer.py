@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_explain.core.errors import check_finite
-from onnx_explain.core.inputs import check_images, check_targets
+from onnx_explain.core.inputs import check_count, check_images, check_targets
 from onnx_explain.core.metadata import GraphInfo, check_graph, read_info
 from onnx_explain.core.options import GRAPH_OPTIONS
 from onnx_explain.core.providers import load_session, resolve_providers
@@ -59,13 +59,13 @@ class Explainer:
         except Exception as e:  # protobuf raises its own DecodeError types
             raise ValueError(f"{self.path} is not a valid ONNX file: {e}") from e
         self.info: GraphInfo = read_info(model, str(self.path))
-        if max_images_per_run is not None and max_images_per_run < 1:
-            raise ValueError(f"max_images_per_run must be at least 1 or None, got {max_images_per_run}")
-        self.max_images_per_run = max_images_per_run
+        self.max_images_per_run = None if max_images_per_run is None else check_count("max_images_per_run",
+                                                                                      max_images_per_run)
         if session_options is None:
             session_options = ort.SessionOptions()
-            # ORT warns that it cannot constant-fold CastLike nodes of exported graphs; harmless, so quiet.
-            session_options.log_severity_level = 3
+            # ORT warns that it cannot constant-fold CastLike nodes of exported graphs, and logs every failed
+            # run on stderr before raising: the raised error says it all, so only fatal messages are logged.
+            session_options.log_severity_level = 4
         self.session = load_session(str(self.path), session_options, resolve_providers(providers), self.path.name)
         check_graph(self.info, self.session, self.path.name)
 
@@ -149,16 +149,27 @@ class Explainer:
         per_image = baselines is not None and len(baselines) > 1
         size = 1 if per_image else self.images_per_run(count)
         if size >= count:
-            return self.session.run(names, feeds)
+            return self._run(names, feeds)
         split = ("images", "targets", "baselines") if per_image else ("images", "targets")
-        chunks = [self.session.run(names, {k: v[i:i + size] if k in split else v for k, v in feeds.items()})
+        chunks = [self._run(names, {k: v[i:i + size] if k in split else v for k, v in feeds.items()})
                   for i in range(0, count, size)]
         return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+    def _run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(names, feeds)
+        except Exception as e:  # onnxruntime raises its own pybind11 types; the inputs were checked already
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"ONNX Runtime could not run {self.path.name}: {first}") from e
 
     def _select(self, methods):
         if methods is None:
             return list(self.info.maps)
-        wanted = [methods] if isinstance(methods, str) else list(methods)
+        wanted = [methods] if isinstance(methods, str) else (
+            list(methods) if isinstance(methods, (list, tuple)) else None)
+        if not wanted or not all(isinstance(m, str) for m in wanted):
+            raise ValueError(f"methods must be a method name or a non-empty list of them (None: all of "
+                             f"{list(self.info.methods)}), got {methods!r}")
         unknown = [m for m in wanted if m not in self.info.methods]
         if unknown:
             raise ValueError(f"methods {unknown} are not in {self.path.name}; it was exported with "

@@ -24,7 +24,7 @@ from onnx_explain.core.result import Explanation
 from onnx_explain.perturbation import METHODS as PERTURBATION_METHODS
 from onnx_explain.perturbation import explain as explain_any
 from onnx_explain.perturbation.classifier import classifier, layer_tensors
-from onnx_explain.render.drawing import overlay, standardized
+from onnx_explain.render.drawing import decode, overlay, standardized
 from onnx_explain.runtime.explainer import Explainer
 
 TOP = 5  # classes a V1 prediction lists
@@ -268,9 +268,10 @@ def decode_image(b64: object, size: tuple[int, int]) -> np.ndarray:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as e:
         raise ValueError(f"image.b64 is not valid base64: {e}") from e
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if bgr is None:
-        raise ValueError("image.b64 does not hold an image OpenCV can decode (PNG, JPEG, ...)")
+    try:
+        bgr = decode(data, "image.b64")
+    except ValueError as e:
+        raise ValueError(f"{e}; image.b64 must hold a PNG or JPEG file") from e
     rgb = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)[..., ::-1]
     return (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
 

@@ -32,8 +32,11 @@ def test_export_then_explain(tmp_path, capsys):
 
 
 def test_errors_are_one_line(tmp_path, capsys):
-    assert main(["explain", str(tmp_path / "none.onnx"), "x.png"]) == 2
+    image = save_png(tmp_path / "img.png", to_rgb8(make_shapes(1, TEST_SEED).images[0]))
+    assert main(["explain", str(tmp_path / "none.onnx"), str(image)]) == 2
     assert "error: no explanation graph" in capsys.readouterr().err
+    assert main(["explain", str(tmp_path / "none.onnx"), "x.png"]) == 2
+    assert "error: no image file at x.png" in capsys.readouterr().err
     assert main(["export", "resnet19", str(tmp_path / "m.onnx")]) == 2
     assert "unknown model 'resnet19'" in capsys.readouterr().err
 

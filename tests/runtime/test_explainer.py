@@ -203,7 +203,7 @@ def test_class_model_raises_the_class_score(shapenet):
     result = class_model(shapenet.explainer, target=1, steps=20, lr=0.1, show_progress=False)
     assert result.image.shape == INPUT_SHAPE and result.scores.shape == (21,)
     assert result.scores[-1] > result.scores[0] + 1.0 and np.all(np.diff(result.scores) > 0)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="target must be a class index"):
         class_model(shapenet.explainer, target=len(CLASSES))
 
 

@@ -154,7 +154,7 @@ BAD = [
                                               {"name": "targets", "shape": [1], "datatype": "INT64", "data": [9]}]},
      400, "out of range"),
     ("bytes not an image", "v1", {"instances": [{"image": {"b64": base64.b64encode(b"not an image").decode()}}]},
-     400, "does not hold an image"),
+     400, "must hold a PNG or JPEG"),
     ("not base64", "v1", {"instances": [{"image": {"b64": "%%%"}}]}, 400, "not valid base64"),
     ("unknown method", "v1:explain", {"instances": [{"image": np.zeros((3, 64, 64)).tolist(), "methods": ["nope"]}]},
      400, "methods ['nope'] are not in"),

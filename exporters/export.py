@@ -17,6 +17,7 @@ from torch import nn
 from onnx_explain.core import __version__
 from onnx_explain.core.inputs import FLOAT32, check_count, check_flag
 from onnx_explain.core.metadata import GraphInfo, MapOutputs, write_info
+from onnx_explain.core.opset import at_opset_18
 from onnx_explain.core.options import GRAPH_OPTIONS
 from onnx_explain.exporters.default_inputs import cache_defaults
 from onnx_explain.exporters.errors import ExportError, UnsupportedOpError
@@ -424,7 +425,7 @@ def _to_onnx(traced: Traced, counterfactual: torch.Tensor) -> onnx.ModelProto:
     _set_default(proto, "counterfactual", counterfactual.numpy())
     for name, value in traced.extras.items():
         _set_default(proto, name, value.numpy())
-    return cache_defaults(proto)
+    return at_opset_18(cache_defaults(proto))
 
 
 def _set_default(proto: onnx.ModelProto, name: str, value: np.ndarray) -> None:

@@ -22,9 +22,9 @@ INTEGRATION_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "rieman
 # build (20000 steps: minutes).
 MAX_STEPS = 4096
 MAX_SAMPLES = 4096
-_MASK = 2**31 - 1
-_MIXERS = (0x2C1B3C6D, 0x297A2D39, 0x45D9F3B)  # odd multipliers below 2^30: products of 31-bit values fit in int64
-_INCREMENT = 0x3C6EF35F
+_PRIME = 2**31 - 1
+# (K, C) of each round h -> h (h + K) + C mod _PRIME; below 2^30, so h (h + K) + C < 2^63 fits in int64
+_ROUNDS = ((0x2C1B3C6D, 0x3C6EF35F), (0x297A2D39, 0x1B873593), (0x045D9F3B, 0x27D4EB2F))
 
 
 def integration_rule(method: str, steps: int) -> tuple[list[float], list[float]]:
@@ -117,9 +117,9 @@ def standard_normal(seed: torch.Tensor, shape) -> torch.Tensor:
     server would draw new noise on every call; a hash of the seed makes every run reproducible, and runs
     the same in torch and ONNX Runtime, so tests can hand the same noise to captum."""
     count = math.prod(shape)
-    key = _hash(torch.bitwise_and(seed.to(torch.int64), _MASK))
+    key = _hash(torch.remainder(seed.to(torch.int64), _PRIME))
     index = torch.arange(count * 2, dtype=torch.int64).reshape(count, 2)
-    uniform = torch.bitwise_right_shift(_hash(torch.bitwise_xor(torch.bitwise_and(index, _MASK), key)), 7)
+    uniform = torch.remainder(_hash(torch.remainder(index + key, _PRIME)), 2**24)
     uniform = uniform.to(torch.float32)
     uniform = (uniform + 0.5) / 2**24  # in (0, 1): 24 bits are exact in float32
     u1, u2 = uniform.unbind(1)
@@ -127,9 +127,10 @@ def standard_normal(seed: torch.Tensor, shape) -> torch.Tensor:
 
 
 def _hash(h: torch.Tensor) -> torch.Tensor:
-    """An integer mixer on values in [0, 2^31): xor-shift, multiply, add, modulo 2^31 (the addition keeps
-    0 from mapping to 0).  Shifts, not floor division: torch.onnx translates an int64 floor division
-    through float32, which rounds values above 2^24."""
-    for mixer in _MIXERS:
-        h = torch.bitwise_and(torch.bitwise_xor(h, torch.bitwise_right_shift(h, 16)) * mixer + _INCREMENT, _MASK)
-    return torch.bitwise_xor(h, torch.bitwise_right_shift(h, 16))
+    """An integer mixer on values in [0, 2^31 - 1): three rounds of h -> h (h + K) + C modulo the prime
+    2^31 - 1, a quadratic map whose composition scatters consecutive indices.  Multiplication, addition
+    and modulo only, all exact in int64: ONNX Runtime's CUDA provider has no kernels for the bitwise ops,
+    and torch.onnx translates integer division through float32, which rounds values above 2^24."""
+    for k, c in _ROUNDS:
+        h = torch.remainder(h * (h + k) + c, _PRIME)
+    return h

@@ -169,15 +169,18 @@ def _element_indices(b: Builder, rows: str, per_row: int) -> str:
 def _uniform(b: Builder, index: str, seed: str, stream: int) -> str:
     """Uniform float32 values in [0, 1], a hash of (element index, seed, stream): the same seed gives the
     same values in every run and session (ONNX RandomUniform reseeds only per session).  The hash is a
-    31-bit variant of the xorshift-multiply integer hash, in int64 ops that cannot overflow."""
+    31-bit add-shift-multiply mixer in int64 ops that cannot overflow, with no bitwise op (ONNX Runtime's
+    CUDA provider has no kernels for them)."""
     modulus = b.const(2**31, "int64")
     start = b.op("Add", b.op("Mul", b.op("Mod", seed, modulus), b.const(0x9E3779B1, "int64")),
                  b.const(stream * 0x85EBCA6B, "int64"))
     h = b.op("Mod", b.op("Add", index, start), modulus)
+    def mixed(h: str) -> str:  # h + (h >> 16), modulo 2^31
+        return b.op("Mod", b.op("Add", h, b.op("Div", h, b.const(2**16, "int64"))), modulus)
+
     for _ in range(2):
-        h = b.op("BitwiseXor", h, b.op("Div", h, b.const(2**16, "int64")))
-        h = b.op("Mod", b.op("Mul", h, b.const(0x45D9F3B, "int64")), modulus)
-    h = b.op("BitwiseXor", h, b.op("Div", h, b.const(2**16, "int64")))
+        h = b.op("Mod", b.op("Mul", mixed(h), b.const(0x45D9F3B, "int64")), modulus)
+    h = mixed(h)
     return b.op("Div", b.op("Cast", h, to=onnx.TensorProto.FLOAT), b.const(2.0**31))
 
 

@@ -5,7 +5,13 @@
     >>> picture = overlay(images[0], result["gradcam"].heatmap[0])
 """
 
-from onnx_explain.core import __version__
+try:
+    import onnxruntime  # noqa: F401
+except ImportError as e:  # neither extra installed
+    raise ImportError("onnx-explain needs ONNX Runtime: pip install 'onnx-explain[cpu]', or 'onnx-explain[gpu]' "
+                      "for the CUDA execution provider (one of the two: they install the same module)") from e
+
+from onnx_explain.core import __version__  # noqa: E402
 from onnx_explain.core.metadata import GraphInfo, MapOutputs
 from onnx_explain.core.result import Explanation, Map
 from onnx_explain.perturbation import explain

@@ -33,6 +33,7 @@ class Explainer:
         max_images_per_run: the most images the model runs on in one run of the graph, a sampled
             method's points counted (33 per image with 32-step integrated gradients); a larger call runs
             in chunks of whole images, which bounds memory.  None: one run, whatever its size.
+        device_id: the GPU the CUDA (or TensorRT) provider runs on.
 
     Raises:
         FileNotFoundError: no such file.
@@ -48,7 +49,7 @@ class Explainer:
 
     def __init__(self, path: str | Path, providers: Sequence[str] | str | None = None,
                  session_options: ort.SessionOptions | None = None,
-                 max_images_per_run: int | None = MAX_IMAGES_PER_RUN) -> None:
+                 max_images_per_run: int | None = MAX_IMAGES_PER_RUN, device_id: int = 0) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no explanation graph at {self.path}")
@@ -66,7 +67,9 @@ class Explainer:
             # ORT warns that it cannot constant-fold CastLike nodes of exported graphs, and logs every failed
             # run on stderr before raising: the raised error says it all, so only fatal messages are logged.
             session_options.log_severity_level = 4
-        self.session = load_session(str(self.path), session_options, resolve_providers(providers), self.path.name)
+        self.device_id = check_count("device_id", device_id, low=0)
+        self.session = load_session(str(self.path), session_options, resolve_providers(providers, self.device_id),
+                                    self.path.name)
         check_graph(self.info, self.session, self.path.name)
 
     @property
@@ -134,6 +137,36 @@ class Explainer:
         result = {(m.method, m.layer): Map(m.method, m.layer, values[m.heatmap], values[m.raw], values.get(m.delta))
                   for m in maps}
         return Explanation(values["logits"], values["explained_targets"], result, self.info.target_names)
+
+    def warm_up(self, batch: int = 1) -> None:
+        """One run of every output on a batch of zeros: ONNX Runtime allocates its memory arenas and the
+        CUDA provider picks its convolution algorithms in the first runs, which a server should not make
+        its first client wait for."""
+        self.explain(np.zeros((check_count("batch", batch), *self.info.input_shape), np.float32))
+
+    def run_on_device(self, names: list[str], feeds: dict[str, np.ndarray], device: str = "cuda") -> list:
+        """The graph's outputs `names` as ONNX Runtime OrtValues left on `device` ("cuda" or "cpu"), with IO
+        binding: the inputs cross the bus once, and a server that passes the maps on to another GPU stage
+        (or encodes them there) does not copy them back.  `feeds` as `run` takes them (checked, as
+        explain checks them); one run, whatever the batch.  OrtValue.numpy() copies one to the host.
+
+        Raises:
+            ValueError: an unknown output name or device.
+        """
+        unknown = sorted(set(names) - {o.name for o in self.session.get_outputs()})
+        if unknown or device not in ("cuda", "cpu"):
+            raise ValueError(f"run_on_device takes output names of {self.path.name} and device 'cuda' or 'cpu'; "
+                             f"got unknown outputs {unknown}, device {device!r}")
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in names:
+            binding.bind_output(name, device_type=device, device_id=self.device_id if device == "cuda" else 0)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:  # onnxruntime's own types
+            raise ValueError(f"ONNX Runtime could not run {self.path.name}: {str(e).strip().splitlines()[0]}") from e
+        return binding.get_outputs()
 
     def images_per_run(self, count: int) -> int:
         """How many of `count` images one run of the graph takes."""

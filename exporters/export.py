@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from onnx_explain.core import __version__
-from onnx_explain.core.inputs import FLOAT32, check_count, check_flag
+from onnx_explain.core.inputs import FLOAT32, check_count, check_flag, check_methods
 from onnx_explain.core.metadata import GraphInfo, MapOutputs, write_info
 from onnx_explain.core.opset import at_opset_18
 from onnx_explain.core.options import GRAPH_OPTIONS
@@ -325,21 +325,7 @@ def _defaults(input_shape: tuple[int, ...], **given) -> dict[str, torch.Tensor]:
 
 def _check_methods(methods: object):
     """The chosen methods, in order, each once: a method name or a list of them."""
-    names = [methods] if isinstance(methods, str) else methods
-    if not isinstance(names, Iterable) or isinstance(names, (bytes, dict)):
-        raise ValueError(f"methods must be a list of method names, got {_shown(methods)}; "
-                         f"available: {sorted(METHODS)}")
-    names = list(names)
-    if not names:
-        raise ValueError(f"methods is empty; name at least one of {sorted(METHODS)}")
-    odd = [m for m in names if not isinstance(m, str)]
-    if odd:
-        raise ValueError(f"methods must be method names (strings), got {_shown(odd[0])}; "
-                         f"available: {sorted(METHODS)}")
-    unknown = [m for m in names if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: {sorted(METHODS)}")
-    return [METHODS[m] for m in dict.fromkeys(names)]
+    return [METHODS[m] for m in check_methods(methods, METHODS)]
 
 
 def _check_feature(chosen, layer: object, score: object) -> None:

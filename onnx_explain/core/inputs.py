@@ -118,3 +118,20 @@ def _as_float(value: int | float | np.number) -> float:
         return float(value)
     except OverflowError:  # an int beyond any float
         return float("inf")
+
+
+def check_methods(methods: object, available: Sequence[str], unknown_message: str = "") -> list[str]:
+    """The chosen method names, in order, each once: one name or a non-empty list or tuple of names, each
+    among `available`.  `unknown_message` replaces the end of the message for unknown names.
+
+    Raises:
+        ValueError: not a name or a list of names, an empty list, or a name that is not available.
+    """
+    names = [methods] if isinstance(methods, str) else list(methods) if isinstance(methods, (list, tuple)) else None
+    if not names or not all(isinstance(m, str) for m in names):
+        raise ValueError(f"methods must be a method name or a non-empty list of them ({sorted(available)}), "
+                         f"got {methods!r}")
+    unknown = [m for m in names if m not in available]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; {unknown_message or f'available: {sorted(available)}'}")
+    return list(dict.fromkeys(names))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnx_explain.core.inputs import check_count, check_images, check_targets
+from onnx_explain.core.inputs import check_count, check_images, check_methods, check_targets
 from onnx_explain.core.result import Explanation
 from onnx_explain.perturbation.classifier import Classifier, classifier
 from onnx_explain.perturbation.methods import METHODS, REQUIRED, PerturbationMethod, Settings
@@ -66,14 +66,7 @@ def explain(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray
 
 
 def _chosen(methods: Sequence[str] | str) -> list[PerturbationMethod]:
-    names = [methods] if isinstance(methods, str) else list(methods) if isinstance(methods, (list, tuple)) else None
-    if not names or not all(isinstance(m, str) for m in names):
-        raise ValueError(f"methods must be a method name or a non-empty list of them ({sorted(METHODS)}), "
-                         f"got {methods!r}")
-    unknown = [m for m in names if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; the pure-inference methods are {sorted(METHODS)}")
-    return [METHODS[m] for m in dict.fromkeys(names)]
+    return [METHODS[m] for m in check_methods(methods, METHODS, f"the pure-inference methods are {sorted(METHODS)}")]
 
 
 def _options(chosen: list[PerturbationMethod], given: dict) -> dict[str, dict]:

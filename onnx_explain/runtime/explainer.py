@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_explain.core.errors import check_finite
-from onnx_explain.core.inputs import check_count, check_images, check_targets
+from onnx_explain.core.inputs import check_count, check_images, check_methods, check_targets
 from onnx_explain.core.metadata import GraphInfo, check_graph, read_info
 from onnx_explain.core.options import GRAPH_OPTIONS
 from onnx_explain.core.providers import load_session, resolve_providers
@@ -198,13 +198,6 @@ class Explainer:
     def _select(self, methods):
         if methods is None:
             return list(self.info.maps)
-        wanted = [methods] if isinstance(methods, str) else (
-            list(methods) if isinstance(methods, (list, tuple)) else None)
-        if not wanted or not all(isinstance(m, str) for m in wanted):
-            raise ValueError(f"methods must be a method name or a non-empty list of them (None: all of "
-                             f"{list(self.info.methods)}), got {methods!r}")
-        unknown = [m for m in wanted if m not in self.info.methods]
-        if unknown:
-            raise ValueError(f"methods {unknown} are not in {self.path.name}; it was exported with "
-                             f"{list(self.info.methods)} (export again with the methods you need)")
+        wanted = check_methods(methods, self.info.methods, f"{self.path.name} was exported with "
+                               f"{list(self.info.methods)} (export again with the methods you need)")
         return [m for m in self.info.maps if m.method in wanted]

@@ -115,9 +115,9 @@ ROWS: list[tuple[str, dict, type, str]] = [
     ("class_names delete character", dict(class_names=["a", "b", "\x7f"]), BAD, "without control characters"),
     ("class_names too few", dict(class_names=["a", "b"]), BAD, "class_names has 2 names but the model has 3 outputs"),
     # C5, E10: methods
-    ("methods None", dict(methods=None), BAD, "methods must be a list of method names, got None"),
-    ("methods nested", dict(methods=[["gradcam"]]), BAD, "methods must be method names (strings), got ['gradcam']"),
-    ("methods empty", dict(methods=[]), BAD, "methods is empty; name at least one of"),
+    ("methods None", dict(methods=None), BAD, "methods must be a method name or a non-empty list"),
+    ("methods nested", dict(methods=[["gradcam"]]), BAD, "methods must be a method name or a non-empty list"),
+    ("methods empty", dict(methods=[]), BAD, "methods must be a method name or a non-empty list"),
     ("methods unknown", dict(methods=["lime"]), BAD, "unknown methods ['lime']"),
     ("layer method without layers", dict(layers=[]), BAD, "methods ['gradcam'] need layers=[...]"),
     # mean and std

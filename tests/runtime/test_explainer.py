@@ -116,7 +116,7 @@ def test_bad_targets(shapenet, targets, message):
 
 
 def test_unknown_method(shapenet):
-    with pytest.raises(ValueError, match=r"methods \['lime'\] are not in shapenet.onnx"):
+    with pytest.raises(ValueError, match=r"unknown methods \['lime'\]; shapenet.onnx was exported with"):
         shapenet.explainer.explain(np.zeros((1, 3, 64, 64), np.float32), methods=["lime"])
 
 

@@ -157,7 +157,7 @@ BAD = [
      400, "must hold a PNG or JPEG"),
     ("not base64", "v1", {"instances": [{"image": {"b64": "%%%"}}]}, 400, "not valid base64"),
     ("unknown method", "v1:explain", {"instances": [{"image": np.zeros((3, 64, 64)).tolist(), "methods": ["nope"]}]},
-     400, "methods ['nope'] are not in"),
+     400, "unknown methods ['nope']"),
     ("no instances", "v1", {"instances": []}, 400, "at least one instance"),
     ("too large", "v1", {"instances": [{"image": {"b64": "A" * (2 * 2**20)}}]}, 413, "at most"),
 ]

@@ -25,6 +25,17 @@ from onnx_explain.render.pointing import pointing_hits
 from onnx_explain.runtime.class_model import ClassModel, class_model
 from onnx_explain.runtime.explainer import Explainer
 
+
+def __getattr__(name: str):
+    """explain_dataset, imported on first use: it needs Ray (the `ray` extra), which `import onnx_explain`
+    does not import."""
+    if name == "explain_dataset":
+        from onnx_explain.datasets.ray_explain import explain_dataset
+
+        return explain_dataset
+    raise AttributeError(f"module 'onnx_explain' has no attribute {name!r}")
+
+
 __all__ = ["ClassModel", "Classifier", "Explainer", "Explanation", "GraphInfo", "Map", "MapOutputs", "Tensor",
            "__version__", "ablationcam", "boxes", "cam_graph", "class_model", "classifier", "eigencam", "explain",
            "layer_tensors", "load_image", "occlusion", "occlusion_graph", "overlay", "pointing_hits", "rise",

@@ -1,5 +1,6 @@
-"""The onnx-explain command line: demo, export and explain (exported.py), and the pure-inference methods on
-any ONNX classifier (perturbation.py), each a thin call into the library."""
+"""The onnx-explain command line, each subcommand a thin call into the library: demo, export and explain
+(exported.py), the pure-inference methods on any ONNX classifier (perturbation.py), triton and serve
+(serving.py), explain-dataset (datasets.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from onnx_explain.cli import exported, serving
+from onnx_explain.cli import datasets, exported, serving
 from onnx_explain.cli import perturbation as cli_models
 
 
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exported.add_parsers(sub)
     cli_models.add_parsers(sub)
     serving.add_parsers(sub)
+    datasets.add_parsers(sub)
 
     try:
         args = parser.parse_args(argv)
@@ -56,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             serving.triton(args)
         elif args.command == "serve":
             serving.serve(args)
+        elif args.command == "explain-dataset":
+            datasets.explain_dataset(args)
         else:
             exported.explain(args)
     except (ValueError, OSError, ImportError) as e:  # every expected failure: one line, no traceback
@@ -68,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_out(args: argparse.Namespace) -> None:
     """The cheap checks first: an output folder that cannot be one fails before any work."""
     out = getattr(args, "out", None)
-    if out is None:
+    if not isinstance(out, Path):  # explain-dataset's may be an object-store URI: Ray checks it
         return
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:

@@ -12,9 +12,10 @@ the same.
 from __future__ import annotations
 
 import logging
+import math
 
 import onnx
-from onnx import version_converter
+from onnx import helper, version_converter
 
 TARGET = 18
 
@@ -31,6 +32,8 @@ def at_opset_18(proto: onnx.ModelProto) -> onnx.ModelProto:
     version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), TARGET)
     if version == TARGET:
         return proto
+    if version > TARGET:
+        proto = _without_gelu(proto)
     try:
         converted = version_converter.convert_version(proto, TARGET)
     except Exception as e:  # noqa: BLE001 -- the converter raises its own types; the opset-20 file still works
@@ -66,3 +69,44 @@ def _keep_node_metadata(original, converted) -> None:
     for node in converted.node:
         if node.name in kept and not node.metadata_props:
             node.metadata_props.extend(kept[node.name])
+
+
+def _without_gelu(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Gelu (opset 20, which the converter cannot take down) written as its definition in ops of opset 18:
+    0.5 x (1 + erf(x / sqrt 2)), or the tanh approximation; ONNX Runtime fuses the pattern back into its
+    own Gelu kernel (CPU and CUDA)."""
+    if not any(n.op_type == "Gelu" for n in proto.graph.node):
+        return proto
+    expanded = onnx.ModelProto()
+    expanded.CopyFrom(proto)
+    nodes = []
+    for node in expanded.graph.node:
+        nodes.extend(_gelu_definition(node) if node.op_type == "Gelu" else [node])
+    del expanded.graph.node[:]
+    expanded.graph.node.extend(nodes)
+    return expanded
+
+
+def _gelu_definition(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    x, y, stem = node.input[0], node.output[0], (node.name or node.output[0]) + "_gelu"
+    approximate = next((a.s.decode() for a in node.attribute if a.name == "approximate"), "none")
+    made = []
+
+    def const(name: str, value: float) -> str:
+        made.append(helper.make_node("Constant", [], [f"{stem}_{name}"], value_float=value))
+        return f"{stem}_{name}"
+
+    def op(kind: str, *inputs: str) -> str:
+        out = f"{stem}_{len(made)}"
+        made.append(helper.make_node(kind, list(inputs), [out]))
+        return out
+
+    if approximate == "tanh":  # tanh(sqrt(2 / pi) (x + 0.044715 x^3))
+        cube = op("Mul", op("Mul", x, x), x)
+        inner = op("Mul", const("k", math.sqrt(2 / math.pi)), op("Add", x, op("Mul", const("c", 0.044715), cube)))
+        shape = op("Tanh", inner)
+    else:
+        shape = op("Erf", op("Div", x, const("root2", math.sqrt(2))))
+    half = op("Mul", const("half", 0.5), x)
+    made.append(helper.make_node("Mul", [half, op("Add", const("one", 1.0), shape)], [y]))
+    return made

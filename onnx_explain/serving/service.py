@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from onnx_explain.core.metadata import KEY
 from onnx_explain.core.options import GRAPH_OPTIONS, OPTIONS_BY_NAME
@@ -56,13 +57,17 @@ class Service:
     """
 
     def __init__(self, path: str | Path, providers=None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+                 std: Sequence[float] | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no ONNX model at {self.path}")
         proto = onnx.load(str(self.path), load_external_data=False) if self.path.stat().st_size else None
         exported = proto is not None and any(p.key == KEY for p in proto.metadata_props)
-        self.explainer = Explainer(self.path, providers=providers) if exported else None
+        options = None
+        if threads is not None:  # ONNX Runtime's threads: a Ray actor's share of the CPUs, not all of them
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.log_severity_level = threads, 4
+        self.explainer = Explainer(self.path, providers=providers, session_options=options) if exported else None
         self.model = None if exported else classifier(self.path)
         self.providers = providers
         stored = (self.explainer.info.preprocessing or {}) if exported else {}
@@ -185,6 +190,21 @@ class Service:
             raise ValueError("the model has no feature map [N, C, h, w] for a CAM")
         return tensors[-1].name
 
+    def explain_images(self, images: np.ndarray, methods: Sequence[str] | None = None, targets=None) -> Explanation:
+        """Explanation of a batch in the model's input form, by the file's graph or, for a plain classifier,
+        by the pure-inference methods with the server defaults; `methods` None: all of them."""
+        if self.explainer:
+            return self.explainer.explain(images, methods=methods, targets=targets)
+        return self._explain_any(images, list(methods or self.methods), targets, {})
+
+    def prepare(self, data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """An encoded image -> (RGB [3, H, W] in [0, 1] at the model's size, to draw on; the model's input)."""
+        shown = _resized(decode(data, source), self.size)
+        x = standardized(shown, self.mean, self.std)
+        if self.model is not None and self.model.layout == "NHWC":
+            x = x.transpose(1, 2, 0)
+        return shown, np.ascontiguousarray(x, dtype=np.float32)
+
     # KServe V1
 
     def predict(self, body: object) -> dict:
@@ -232,11 +252,10 @@ class Service:
             raise ValueError("each instance must be an object with an \"image\": {\"b64\": ...} or a nested list")
         image = instance["image"]
         if isinstance(image, dict):
-            shown = decode_image(image.get("b64"), self.size)
-            x = standardized(shown, self.mean, self.std)
-            if self.model is not None and self.model.layout == "NHWC":
-                x = x.transpose(1, 2, 0)
-            return shown, np.ascontiguousarray(x, dtype=np.float32)
+            try:
+                return self.prepare(_base64(image.get("b64")), "image.b64")
+            except ValueError as e:
+                raise ValueError(f"{e}; image.b64 must hold a PNG or JPEG file") from e
         x = np.asarray(image, dtype=np.float32) if _numeric(image) else None
         shape = tuple(self.explainer.info.input_shape) if self.explainer else tuple(self.model.image_shape)
         if x is None or x.shape != shape:
@@ -260,18 +279,17 @@ class Service:
         return names[index] if 0 <= index < len(names) else str(index)
 
 
-def decode_image(b64: object, size: tuple[int, int]) -> np.ndarray:
-    """A base64 PNG or JPEG -> RGB float32 [3, H, W] in [0, 1], resized to size (H, W)."""
+def _base64(b64: object) -> bytes:
     if not isinstance(b64, str):
         raise ValueError("image.b64 must be a base64 string of a PNG or JPEG file")
     try:
-        data = base64.b64decode(b64, validate=True)
+        return base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as e:
         raise ValueError(f"image.b64 is not valid base64: {e}") from e
-    try:
-        bgr = decode(data, "image.b64")
-    except ValueError as e:
-        raise ValueError(f"{e}; image.b64 must hold a PNG or JPEG file") from e
+
+
+def _resized(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 BGR [h, w, 3] -> RGB float32 [3, H, W] in [0, 1], resized to size (H, W)."""
     rgb = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)[..., ::-1]
     return (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
 

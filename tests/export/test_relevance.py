@@ -176,7 +176,7 @@ def test_large_calls_run_in_chunks_that_change_no_map(exported):
         np.testing.assert_allclose(b[method].raw, a[method].raw, rtol=1e-5, atol=1e-6 * scale, err_msg=method)
         np.testing.assert_allclose(alone[method].raw[0], a[method].raw[4], rtol=1e-5, atol=1e-6 * scale,
                                    err_msg=method)
-    with pytest.raises(ValueError, match="max_images_per_run must be at least 1"):
+    with pytest.raises(ValueError, match="max_images_per_run must be an integer from 1"):
         Explainer(e.path, max_images_per_run=0)
 
 

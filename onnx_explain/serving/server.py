@@ -10,6 +10,7 @@ GET / and a request size limit (HTTP 413).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 import kserve
 from fastapi.responses import HTMLResponse, JSONResponse
 from kserve import InferOutput, InferRequest, InferResponse
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput
+from kserve.protocol.dataplane import DataPlane
 
 from onnx_explain.serving.page import page_html
 from onnx_explain.serving.service import DATATYPES, Service
@@ -87,6 +90,35 @@ class ExplanationModel(kserve.Model):
             raise InvalidInput(str(e)) from e
 
 
+class RawTensorDataPlane(DataPlane):
+    """KServe's DataPlane, with binary tensors kept as bytes until the model reads them as numpy arrays.
+    InferRequest.from_bytes turns each binary input into a Python list on the event loop, which for an
+    image costs more than the model's run (docs/performance.md); here it parses the JSON header alone,
+    and the inputs are given their bytes after."""
+
+    def decode_inference_request(self, body, headers, model_name):
+        length = headers.get(INFERENCE_CONTENT_LENGTH_HEADER) if isinstance(body, bytes) else None
+        if length is None or not length.isdigit():
+            return super().decode_inference_request(body, headers, model_name)
+        try:
+            header = json.loads(body[:int(length)])
+            inputs = header["inputs"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise InvalidInput(f"Unrecognized request format: {e}") from e
+        raw, start = {}, int(length)
+        for i, tensor in enumerate(inputs if isinstance(inputs, list) else []):
+            size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(tensor, dict) else None
+            if isinstance(size, int) and "data" not in tensor:
+                raw[i], start = body[start:start + size], start + size
+                tensor["data"] = []
+                tensor["parameters"] = {k: v for k, v in tensor["parameters"].items() if k != "binary_data_size"}
+        text = json.dumps(header).encode()
+        request = InferRequest.from_bytes(text, len(text), model_name)
+        for i, data in raw.items():
+            request.inputs[i]._raw_data = data  # as_numpy reads these with np.frombuffer
+        return request
+
+
 def build_server(path: str | Path, *, name: str | None = None, host: str = "127.0.0.1", http_port: int = 8080,
                  grpc_port: int | None = None, workers: int = 1, max_body_bytes: int = 32 * 2**20,
                  providers=None) -> tuple[kserve.ModelServer, ExplanationModel]:
@@ -97,6 +129,7 @@ def build_server(path: str | Path, *, name: str | None = None, host: str = "127.
     install_page_and_limit(model)
     server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port or 8081, enable_grpc=grpc_port is not None,
                                 workers=workers)
+    server.dataplane = RawTensorDataPlane(model_registry=server.registered_models)
     _listen_on(host)
     return server, model
 

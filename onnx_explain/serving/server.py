@@ -178,6 +178,8 @@ def install_page_and_limit(model: ExplanationModel) -> None:
     async def limit_body(request, call_next):
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            async for _ in request.stream():  # discarded as it arrives: a client still sending would see a reset
+                pass
             return _too_large(int(declared), limit)
         if request.method in ("POST", "PUT") and declared is None:
             body = await request.body()  # chunked: read it to measure it (starlette keeps it for the route)

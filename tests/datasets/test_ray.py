@@ -92,3 +92,35 @@ def test_parquet_table_and_the_command_line(exported, images, tmp_path, local_ra
         explain_dataset(path, str(images), resolution="full")
     with pytest.raises(ValueError, match="leave no CPU of the cluster's 2 to read"):
         explain_dataset(path, str(images), concurrency=2)
+
+
+def test_an_actor_that_dies_is_restarted_without_duplicate_rows(exported, images, local_ray):
+    """SIGKILL the pool's actor while it works: Ray restarts it and retries its batch, and every input
+    still appears exactly once."""
+    import os
+    import signal
+    import threading
+    from pathlib import Path
+
+    killed = []
+
+    def kill_first_worker() -> None:
+        for _ in range(600):
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::MapWorker"):
+                        threading.Event().wait(1.0)  # let it take a batch first
+                        os.kill(int(proc.name), signal.SIGKILL)
+                        killed.append(int(proc.name))
+                        return
+                except OSError:
+                    continue
+            threading.Event().wait(0.05)
+
+    watcher = threading.Thread(target=kill_first_worker)
+    watcher.start()
+    found = explain_dataset(exported("shapenet").path, str(images), methods=["gradcam"], batch_size=8).take_all()
+    watcher.join()
+    assert killed, "the actor was never seen"
+    names = [r["path"].rsplit("/", 1)[-1] for r in found]
+    assert len(names) == len(set(names)) == 203

@@ -10,26 +10,26 @@ def boxes(heatmap: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """The box around the largest connected region where the heatmap reaches `threshold` of its maximum.
 
     Args:
-        heatmap: [H, W] or [N, H, W], e.g. result["gradcam"].heatmap.
+        heatmap: [H, W], [N, H, W], or [N, k, H, W] from a file with top_k=k; e.g. result["gradcam"].heatmap.
         threshold: fraction of each map's maximum, in (0, 1] (Zhou et al. use 0.2, Selvaraju et al. 0.15).
 
     Returns:
-        int64 [4] or [N, 4]: (x0, y0, x1, y1), inclusive pixel coordinates; a map that is zero everywhere
+        int64 [4], [N, 4] or [N, k, 4]: (x0, y0, x1, y1), inclusive pixel coordinates; a map that is zero everywhere
         gives the whole image.
 
     Example:
         >>> boxes(result["gradcam"].heatmap, threshold=0.2)
     """
     maps = np.asarray(heatmap, dtype=np.float32)
-    if maps.ndim not in (2, 3) or 0 in maps.shape:
-        raise ValueError(f"heatmap must be [H, W] or [N, H, W], got shape {list(maps.shape)}")
+    if maps.ndim not in (2, 3, 4) or 0 in maps.shape:
+        raise ValueError(f"heatmap must be [H, W], [N, H, W] or [N, k, H, W], got shape {list(maps.shape)}")
     if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
             or not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold is a fraction of the map's maximum, in (0, 1]; got {threshold}")
     if not np.isfinite(maps).all():
         raise ValueError("heatmap contains NaN or inf values")
     found = np.stack([_largest_region_box(m, threshold) for m in maps.reshape(-1, *maps.shape[-2:])])
-    return found[0] if maps.ndim == 2 else found
+    return found.reshape(*maps.shape[:-2], 4)
 
 
 def _largest_region_box(heat: np.ndarray, threshold: float) -> np.ndarray:

@@ -50,6 +50,8 @@ class Explainer:
     def __init__(self, path: str | Path, providers: Sequence[str] | str | None = None,
                  session_options: ort.SessionOptions | None = None,
                  max_images_per_run: int | None = MAX_IMAGES_PER_RUN, device_id: int = 0) -> None:
+        if not isinstance(path, (str, Path)):
+            raise ValueError(f"path must be the .onnx file's path, got {type(path).__name__}")
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no explanation graph at {self.path}")

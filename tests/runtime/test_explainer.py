@@ -195,7 +195,7 @@ def test_boxes_pick_the_largest_region():
     np.testing.assert_array_equal(boxes(heat[0], threshold=0.9), [3, 2, 5, 4])
     with pytest.raises(ValueError, match="threshold"):
         boxes(heat, threshold=0)
-    with pytest.raises(ValueError, match=r"\[H, W\] or \[N, H, W\]"):
+    with pytest.raises(ValueError, match=r"\[H, W\], \[N, H, W\] or \[N, k, H, W\]"):
         boxes(np.zeros(5))
 
 

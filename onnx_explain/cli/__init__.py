@@ -11,6 +11,7 @@ from pathlib import Path
 
 from onnx_explain.cli import datasets, exported, serving
 from onnx_explain.cli import perturbation as cli_models
+from onnx_explain.core.errors import first_line
 
 
 class _UsageError(Exception):
@@ -63,8 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             exported.explain(args)
     except (ValueError, OSError, ImportError) as e:  # every expected failure: one line, no traceback
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"onnx-explain {args.command}: error: {message}", file=sys.stderr)
+        print(f"onnx-explain {args.command}: error: {first_line(e)}", file=sys.stderr)
         return 2
     return 0
 

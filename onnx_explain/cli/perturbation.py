@@ -14,7 +14,7 @@ from onnx_explain.core.progress import progress
 from onnx_explain.perturbation import METHODS, explain
 from onnx_explain.perturbation.classifier import Classifier, classifier, layer_tensors
 from onnx_explain.perturbation.methods import REQUIRED
-from onnx_explain.render.drawing import load_image, overlay, save_png, standardized, to_rgb8
+from onnx_explain.render.drawing import load_image, model_input, overlay, save_png, to_rgb8
 
 COMMANDS = (*METHODS, "layers")
 
@@ -82,9 +82,4 @@ def run(args: argparse.Namespace) -> None:
 def _image(model: Classifier, path: Path, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """(the image [3, H, W] in [0, 1] to draw on, the batch [1, ...] in the model's layout and scaling)."""
     shown = load_image(path, model.size)
-    x = standardized(shown, args.mean, args.std)
-    if model.channels == 1:
-        x = x.mean(axis=0, keepdims=True)
-    if model.layout == "NHWC":
-        x = x.transpose(1, 2, 0)
-    return shown, np.ascontiguousarray(x[None], dtype=np.float32)
+    return shown, model_input(shown, args.mean, args.std, model.channels, model.layout)[None]

@@ -14,6 +14,12 @@ class ModelLoadError(ValueError):
     """ONNX Runtime could not build a session for a file (an op it does not know, a corrupt graph)."""
 
 
+def first_line(error: BaseException) -> str:
+    """What an error says, in one line: dependencies' messages run to many (ONNX Runtime's, numpy's)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def check_finite(outputs: dict[str, np.ndarray], what: str) -> None:
     """Raise NonFiniteResultError naming every output of `outputs` (name -> [N, ...]) that holds NaN or
     inf, and the images they are in."""

@@ -17,6 +17,8 @@ import math
 import onnx
 from onnx import helper, version_converter
 
+from onnx_explain.core.errors import first_line
+
 TARGET = 18
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ def at_opset_18(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         converted = version_converter.convert_version(proto, TARGET)
     except Exception as e:  # noqa: BLE001 -- the converter raises its own types; the opset-20 file still works
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         if version < TARGET:
             raise ValueError(f"the model uses ONNX opset {version}; converting it to opset {TARGET} failed "
                              f"({reason}); re-export it at opset {TARGET} or later") from e

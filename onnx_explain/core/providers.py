@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import onnxruntime as ort
 
-from onnx_explain.core.errors import ModelLoadError
+from onnx_explain.core.errors import ModelLoadError, first_line
 
 log = logging.getLogger(__name__)
 _SHORT = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider",
@@ -62,5 +62,4 @@ def load_session(model: str | bytes, options: ort.SessionOptions | None, provide
     try:
         return ort.InferenceSession(model, options, providers=providers)
     except Exception as e:  # onnxruntime raises its own pybind11 exception types for every cause
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"ONNX Runtime cannot load {name}: {first}") from e
+        raise ModelLoadError(f"ONNX Runtime cannot load {name}: {first_line(e)}") from e

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_explain.core.errors import check_finite
+from onnx_explain.core.errors import check_finite, first_line
 from onnx_explain.core.graph import OPSET, Builder, value
 from onnx_explain.core.inputs import check_images, check_targets
 from onnx_explain.core.providers import load_session, resolve_providers
@@ -132,7 +132,7 @@ def run_built(build: Callable[..., onnx.ModelProto], model: Classifier, settings
         outputs = session.run(None, feeds)
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
-        raise ValueError(f"ONNX Runtime could not run the model: {str(e).splitlines()[0]}") from e
+        raise ValueError(f"ONNX Runtime could not run the model: {first_line(e)}") from e
     named = dict(zip((o.name for o in session.get_outputs()), outputs, strict=True))
     check_finite(named, f"the {build.__name__.removesuffix('_graph')} graph's output")
     return named

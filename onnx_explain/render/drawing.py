@@ -106,6 +106,17 @@ def standardized(image: np.ndarray, mean=None, std=None) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def model_input(rgb: np.ndarray, mean=None, std=None, channels: int = 3, layout: str = "NCHW") -> np.ndarray:
+    """An RGB image [3, H, W] in [0, 1] as a model takes one: standardised, averaged to one channel for a
+    grayscale model, channels last for an NHWC one."""
+    x = standardized(rgb, mean, std)
+    if channels == 1:
+        x = x.mean(axis=0, keepdims=True)
+    if layout == "NHWC":
+        x = x.transpose(1, 2, 0)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """Read an image file as float32 [3, H, W] RGB in [0, 1], resized to size = (H, W)."""
     path = _path(path)
@@ -114,7 +125,12 @@ def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"size must be (H, W), two integers >= 1, got {size!r}")
     if not path.is_file():
         raise ValueError(f"cannot read {path}: {'it is a directory' if path.is_dir() else 'no such file'}")
-    bgr = decode(path.read_bytes(), str(path))
+    return rgb_image(path.read_bytes(), size, str(path))
+
+
+def rgb_image(data: bytes, size: tuple[int, int], source: str) -> np.ndarray:
+    """An encoded image -> float32 [3, H, W] RGB in [0, 1], resized to size = (H, W)."""
+    bgr = decode(data, source)
     rgb = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)[..., ::-1]
     return (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_explain.core.errors import check_finite
+from onnx_explain.core.errors import check_finite, first_line
 from onnx_explain.core.inputs import check_count, check_images, check_methods, check_targets
 from onnx_explain.core.metadata import GraphInfo, check_graph, read_info
 from onnx_explain.core.options import GRAPH_OPTIONS
@@ -164,10 +164,7 @@ class Explainer:
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in names:
             binding.bind_output(name, device_type=device, device_id=self.device_id if device == "cuda" else 0)
-        try:
-            self.session.run_with_iobinding(binding)
-        except Exception as e:  # onnxruntime's own types
-            raise ValueError(f"ONNX Runtime could not run {self.path.name}: {str(e).strip().splitlines()[0]}") from e
+        self._run(self.session.run_with_iobinding, binding)
         return binding.get_outputs()
 
     def images_per_run(self, count: int) -> int:
@@ -184,18 +181,18 @@ class Explainer:
         per_image = baselines is not None and len(baselines) > 1
         size = 1 if per_image else self.images_per_run(count)
         if size >= count:
-            return self._run(names, feeds)
+            return self._run(self.session.run, names, feeds)
         split = ("images", "targets", "baselines") if per_image else ("images", "targets")
-        chunks = [self._run(names, {k: v[i:i + size] if k in split else v for k, v in feeds.items()})
+        chunks = [self._run(self.session.run, names, {k: v[i:i + size] if k in split else v for k, v in feeds.items()})
                   for i in range(0, count, size)]
         return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
-    def _run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, run, *args):
+        """run(*args) (a session's run or run_with_iobinding), ONNX Runtime's errors as ValueError."""
         try:
-            return self.session.run(names, feeds)
+            return run(*args)
         except Exception as e:  # onnxruntime raises its own pybind11 types; the inputs were checked already
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"ONNX Runtime could not run {self.path.name}: {first}") from e
+            raise ValueError(f"ONNX Runtime could not run {self.path.name}: {first_line(e)}") from e
 
     def _select(self, methods):
         if methods is None:

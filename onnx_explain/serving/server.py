@@ -94,11 +94,14 @@ class RawTensorDataPlane(DataPlane):
     """KServe's DataPlane, with binary tensors kept as bytes until the model reads them as numpy arrays.
     InferRequest.from_bytes turns each binary input into a Python list on the event loop, which for an
     image costs more than the model's run (docs/performance.md); here it parses the JSON header alone,
-    and the inputs are given their bytes after."""
+    and the inputs are given their bytes after.  A body without Inference-Header-Content-Length is all
+    JSON header (tritonclient sends JSON-only requests with no content type, which KServe reads as bytes)."""
 
     def decode_inference_request(self, body, headers, model_name):
-        length = headers.get(INFERENCE_CONTENT_LENGTH_HEADER) if isinstance(body, bytes) else None
-        if length is None or not length.isdigit():
+        if not isinstance(body, bytes):
+            return super().decode_inference_request(body, headers, model_name)
+        length = headers.get(INFERENCE_CONTENT_LENGTH_HEADER, str(len(body)))
+        if not length.isdigit():
             return super().decode_inference_request(body, headers, model_name)
         try:
             header = json.loads(body[:int(length)])
@@ -185,20 +188,7 @@ def install_page_and_limit(model: ExplanationModel) -> None:
             body = await request.body()  # chunked: read it to measure it (starlette keeps it for the route)
             if len(body) > limit:
                 return _too_large(len(body), limit)
-        _mark_json_only_infer(request)
         return await call_next(request)
-
-
-def _mark_json_only_infer(request) -> None:
-    """An Open Inference request with no binary tensors may come without a content type (tritonclient sends
-    none); KServe then reads the body as binary and needs Inference-Header-Content-Length.  The whole body
-    is the JSON header, so that is its length."""
-    headers = request.headers
-    if (request.method == "POST" and request.url.path.endswith("/infer") and "content-length" in headers
-            and "inference-header-content-length" not in headers and "application/json" not in
-            headers.get("content-type", "")):
-        request.scope["headers"] = [*request.scope["headers"],
-                                    (b"inference-header-content-length", headers["content-length"].encode())]
 
 
 def _too_large(size: int, limit: int) -> JSONResponse:

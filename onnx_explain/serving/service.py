@@ -25,7 +25,7 @@ from onnx_explain.core.result import Explanation
 from onnx_explain.perturbation import METHODS as PERTURBATION_METHODS
 from onnx_explain.perturbation import explain as explain_any
 from onnx_explain.perturbation.classifier import classifier, layer_tensors
-from onnx_explain.render.drawing import decode, overlay, standardized
+from onnx_explain.render.drawing import model_input, overlay, rgb_image
 from onnx_explain.runtime.explainer import Explainer
 
 TOP = 5  # classes a V1 prediction lists
@@ -199,11 +199,10 @@ class Service:
 
     def prepare(self, data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
         """An encoded image -> (RGB [3, H, W] in [0, 1] at the model's size, to draw on; the model's input)."""
-        shown = _resized(decode(data, source), self.size)
-        x = standardized(shown, self.mean, self.std)
-        if self.model is not None and self.model.layout == "NHWC":
-            x = x.transpose(1, 2, 0)
-        return shown, np.ascontiguousarray(x, dtype=np.float32)
+        shown = rgb_image(data, self.size, source)
+        if self.model is None:
+            return shown, model_input(shown, self.mean, self.std)
+        return shown, model_input(shown, self.mean, self.std, self.model.channels, self.model.layout)
 
     # KServe V1
 
@@ -286,12 +285,6 @@ def _base64(b64: object) -> bytes:
         return base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as e:
         raise ValueError(f"image.b64 is not valid base64: {e}") from e
-
-
-def _resized(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 BGR [h, w, 3] -> RGB float32 [3, H, W] in [0, 1], resized to size (H, W)."""
-    rgb = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)[..., ::-1]
-    return (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
 
 
 def png_data_url(rgb: np.ndarray) -> str:

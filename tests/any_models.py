@@ -76,3 +76,46 @@ def handmade(layout: str, size: int = 16, classes: int = 5, seed: int = 0) -> on
     graph = helper.make_graph(nodes, "handmade", [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def nhwc_cnn(size: int = 24, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A small CNN written with onnx.helper whose input is NHWC: normalisation in NHWC, a transpose,
+    convolutions with stride, dilation, groups and SAME_UPPER padding, max and average pooling, batch
+    norm, a residual Add, a Concat, SiLU (x * sigmoid(x)), a detour through NHWC with a per-channel
+    scale, then global pooling and a Gemm."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [numpy_helper.from_array(np.array(MEAN, np.float32), "mean"),
+             numpy_helper.from_array(1 / np.array(STD, np.float32), "inv_std"),
+             weight("w1", 8, 3, 3, 3), weight("b1", 8), weight("w2", 8, 8, 3, 3), weight("w3", 8, 1, 3, 3),
+             weight("w4", 16, 16, 3, 3), weight("w5", 16, 16, 3, 3), weight("scale", 16),
+             numpy_helper.from_array((rng.random(8) + 0.5).astype(np.float32), "bn_scale"), weight("bn_bias", 8),
+             weight("bn_mean", 8), numpy_helper.from_array((rng.random(8) + 0.5).astype(np.float32), "bn_var"),
+             weight("fc", classes, 16), numpy_helper.from_array(np.array([-1, 16], np.int64), "flat")]
+    node = helper.make_node
+    nodes = [node("Sub", ["image", "mean"], ["centred"]), node("Mul", ["centred", "inv_std"], ["normal"]),
+             node("Transpose", ["normal"], ["x"], perm=[0, 3, 1, 2]),
+             node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r1"]),
+             node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             node("Conv", ["p1", "w2"], ["c2"], pads=[2, 2, 2, 2], dilations=[2, 2]),
+             node("BatchNormalization", ["c2", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["n2"]),
+             node("Add", ["n2", "p1"], ["res"]), node("Relu", ["res"], ["r2"]),
+             node("Conv", ["r2", "w3"], ["dw"], pads=[1, 1, 1, 1], group=8),
+             node("Concat", ["r2", "dw"], ["cat"], axis=1),
+             node("AveragePool", ["cat"], ["p2"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1],
+                  count_include_pad=1),
+             node("Conv", ["p2", "w4"], ["c4"], strides=[2, 2], auto_pad="SAME_UPPER"),
+             node("Sigmoid", ["c4"], ["gate"]), node("Mul", ["c4", "gate"], ["silu"]),
+             node("Transpose", ["silu"], ["silu_nhwc"], perm=[0, 2, 3, 1]),
+             node("Mul", ["silu_nhwc", "scale"], ["scaled"]),
+             node("Transpose", ["scaled"], ["back"], perm=[0, 3, 1, 2]),
+             node("Conv", ["back", "w5"], ["c5"], pads=[1, 1, 1, 1]),
+             node("GlobalAveragePool", ["c5"], ["pooled"]), node("Reshape", ["pooled", "flat"], ["features"]),
+             node("Gemm", ["features", "fc"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "nhwc_cnn",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

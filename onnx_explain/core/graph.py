@@ -75,7 +75,7 @@ def inline(b: Builder, graph: onnx.GraphProto, bindings: Mapping[str, str], outp
     def rename(name: str) -> str:
         return bindings.get(name) or (name and f"{prefix}/{name}")
 
-    read = {i for n in nodes for i in (*n.input, *_outer_names(n))} | set(outputs)
+    read = {i for n in nodes for i in (*n.input, *outer_names(n))} | set(outputs)
     for t in graph.initializer:
         if t.name in read and t.name not in bindings:
             copy = onnx.TensorProto()
@@ -114,18 +114,18 @@ def _needed(graph: onnx.GraphProto, outputs: Sequence[str], bound) -> tuple[list
         elif name in producers and producers[name] not in taken:
             node = graph.node[producers[name]]
             taken.add(producers[name])
-            stack.extend((*node.input, *_outer_names(node)))
+            stack.extend((*node.input, *outer_names(node)))
     return [graph.node[i] for i in sorted(taken)], reached
 
 
-def _outer_names(node: onnx.NodeProto) -> list[str]:
+def outer_names(node: onnx.NodeProto) -> list[str]:
     """Names that the subgraphs of a node (If, Loop, Scan) read from around them."""
     names = []
     for attr in node.attribute:
         for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
             local = {i.name for i in g.input} | {t.name for t in g.initializer}
             local |= {o for n in g.node for o in n.output}
-            names += [i for n in g.node for i in (*n.input, *_outer_names(n)) if i and i not in local]
+            names += [i for n in g.node for i in (*n.input, *outer_names(n)) if i and i not in local]
     return names
 
 

@@ -18,6 +18,8 @@ class Map:
     delta: for lrp_epsilon, deeplift and integrated_gradients, the sum of `raw` minus the target's logit
         (lrp_epsilon) or minus its change from the baseline (captum's convergence delta); else None.
     grid: for occlusion, the score drop per window position [N, nh, nw]; else None.
+    plan, flop_ratio: for occlusion, the plan that ran ("incremental" or "full") and the incremental
+        plan's FLOPs over the full plan's, per window; else None.
     """
 
     method: str
@@ -26,6 +28,8 @@ class Map:
     raw: np.ndarray
     delta: np.ndarray | None = None  # [N], for methods whose attributions sum to the score (change)
     grid: np.ndarray | None = None
+    plan: str | None = None
+    flop_ratio: float | None = None
 
 
 @dataclass(frozen=True)

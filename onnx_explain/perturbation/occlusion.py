@@ -1,6 +1,7 @@
 """Occlusion sensitivity (Zeiler & Fergus 2014) as one ONNX graph around any classifier: the occluded
 batch is made in the graph, run through the model a chunk of windows at a time, and the score drops
-are spread back over the pixels."""
+are spread back over the pixels.  The incremental plan runs the convolutional layers on the patches a
+window changes only (incremental.py); "auto" picks it when it takes fewer FLOPs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from onnx_explain.core.result import Explanation, Map
 from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
 from onnx_explain.perturbation.classifier import Classifier, classifier
 from onnx_explain.perturbation.dispatch import explain
+from onnx_explain.perturbation.incremental import FILL, PatchedChunk, clean_reads, padded_sources
 from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Settings, method
+from onnx_explain.perturbation.patches import Region, region
 from onnx_explain.perturbation.scoring import (
     check_score,
     image_inputs,
@@ -28,10 +31,12 @@ from onnx_explain.perturbation.scoring import (
     resolve_targets,
     run_built,
     score_outputs,
+    score_tensor,
     target_scores,
 )
 
 BASELINES = ("mean", "blur")
+PLANS = ("auto", True, False)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -43,28 +48,55 @@ def _baseline_value(text: str) -> float | str:
     return text if text in BASELINES else float(text)
 
 
+def _plan_value(text: str) -> bool | str:
+    choices = {"auto": "auto", "true": True, "false": False}
+    if text.lower() not in choices:
+        raise ValueError(f"expected auto, true or false, got {text!r}")
+    return choices[text.lower()]
+
+
 @method("occlusion", summary="occlusion sensitivity (Zeiler & Fergus 2014): the score drop when a window is covered",
         options=(Option("window", _size, REQUIRED, "window side in pixels, one int or (height, width)"),
                  Option("stride", _size, REQUIRED, "stride in pixels, one int or (height, width)"),
                  Option("baseline", _baseline_value, 0.0, "what covers a window: a number, 'mean' (each image's "
-                                                          "mean colour) or 'blur' (a Gaussian blur) (default 0)")))
+                                                          "mean colour) or 'blur' (a Gaussian blur) (default 0)"),
+                 Option("incremental", _plan_value, "auto", "run the convolutional layers on the changed patches "
+                                                            "only: auto (when fewer FLOPs), true or false")))
 def run_occlusion(model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings, *,
-                  window: int | Sequence[int], stride: int | Sequence[int], baseline: float | str) -> Outcome:
+                  window: int | Sequence[int], stride: int | Sequence[int], baseline: float | str,
+                  incremental: bool | str) -> Outcome:
     """Every window position (all channels at once) is replaced by the baseline and the drop in the
     target's score is recorded, as captum's `Occlusion` does.  Map: raw [N, H, W] the mean score drop
     over the windows covering each pixel (0 where no window does), grid [N, nh, nw] the drop per window
-    position, heatmap the positive part of raw scaled to [0, 1]."""
-    graph = dict(window=_pair(window, "window"), stride=_pair(stride, "stride"), baseline=_fill(baseline),
-                 score=settings.score, batch_size=settings.batch_size)
+    position, heatmap the positive part of raw scaled to [0, 1]; plan and flop_ratio say which plan ran."""
+    window, stride = _pair(window, "window"), _pair(stride, "stride")
+    chosen, found = occlusion_plan(model, window=window, stride=stride, score=settings.score, incremental=incremental)
+    graph = dict(window=window, stride=stride, baseline=_fill(baseline), score=settings.score,
+                 batch_size=settings.batch_size, incremental=chosen)
     out = run_built(occlusion_graph, model, graph, {"images": images, "targets": targets}, settings.providers)
-    found = Map("occlusion", None, out["heatmap"], out["raw"], grid=out["grid"])
+    plan = "incremental" if chosen else "full"
+    found = Map("occlusion", None, out["heatmap"], out["raw"], grid=out["grid"], plan=plan,
+                flop_ratio=found.flop_ratio)
     return Outcome(out["logits"], out["explained_targets"], found)
+
+
+def occlusion_plan(model: str | Path | onnx.ModelProto | Classifier, *, window: int | Sequence[int],
+                   stride: int | Sequence[int], score: str = "prob", incremental: bool | str = "auto"
+                   ) -> tuple[bool, Region]:
+    """(whether the incremental plan runs, its region): `incremental` "auto" takes it when it needs fewer
+    FLOPs per window than running the whole model on every occluded image."""
+    if not (isinstance(incremental, (bool, np.bool_)) or (isinstance(incremental, str) and incremental == "auto")):
+        raise ValueError(f"incremental must be one of {PLANS}, got {incremental!r}")
+    model = classifier(model)
+    found = region(model, (score_tensor(model, check_score(score)),), _pair(window, "window"), _pair(stride, "stride"))
+    chosen = bool(found.steps) and found.flop_ratio < 1 if incremental == "auto" else bool(incremental)
+    return chosen, found
 
 
 def occlusion(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarray, *,
               window: int | Sequence[int], stride: int | Sequence[int], baseline: float | str = 0.0,
-              targets: Sequence[int] | np.ndarray | int | None = None, score: str = "prob",
-              batch_size: int | None = None, providers=None) -> Explanation:
+              incremental: bool | str = "auto", targets: Sequence[int] | np.ndarray | int | None = None,
+              score: str = "prob", batch_size: int | None = None, providers=None) -> Explanation:
     """Occlusion sensitivity of any ONNX classifier: explain(model, images, "occlusion", ...).
 
     Every window position (all channels at once) is replaced by the baseline and the drop in the
@@ -76,20 +108,25 @@ def occlusion(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarr
         window, stride: in pixels, one int or (height, width).
         baseline: a constant, "mean" (each image's mean colour) or "blur" (a Gaussian blur of the
             image, sigma half the smaller window side).
+        incremental: True runs the model's convolutional layers on the patches each window changes
+            only, and the rest of the model (from global pooling, Flatten, Gemm or any op without a
+            patch rule) on full tensors; the map is the same.  False runs the whole model on every
+            occluded image.  "auto" takes the plan with fewer FLOPs.
         targets, score, batch_size, providers: as for onnx_explain.explain.
 
     Returns:
         Explanation whose ["occlusion"] map has raw [N, H, W], the mean score drop over the windows
         covering each pixel (0 where no window does), grid [N, nh, nw], the drop per window position,
-        and heatmap, the positive part of raw scaled to [0, 1].
+        heatmap, the positive part of raw scaled to [0, 1], plan ("incremental" or "full") and
+        flop_ratio (incremental FLOPs / full FLOPs per window).
     """
     return explain(model, images, "occlusion", targets, score=score, batch_size=batch_size, providers=providers,
-                   window=window, stride=stride, baseline=baseline)
+                   window=window, stride=stride, baseline=baseline, incremental=incremental)
 
 
 def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window: int | Sequence[int],
                     stride: int | Sequence[int], baseline: float | str = 0.0, score: str = "prob",
-                    batch_size: int | None = None) -> onnx.ModelProto:
+                    batch_size: int | None = None, incremental: bool | str = "auto") -> onnx.ModelProto:
     """The graph `occlusion` runs, to save and serve: inputs images and targets (int64 [N], -1 for the
     predicted class); outputs scores, targets, grid, raw and heatmap."""
     model = classifier(model)
@@ -99,12 +136,17 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     if wh > height or ww > width:
         raise ValueError(f"window {[wh, ww]} is larger than the image {[height, width]}")
     rows, cols = _spans(height, wh, sh), _spans(width, ww, sw)
+    chosen, patched = occlusion_plan(model, window=(wh, ww), stride=(sh, sw), score=score, incremental=incremental)
 
     b = Builder()
     images, targets = "images", "targets"
-    logits, base, _ = image_scores(b, model, score)
+    reads = clean_reads(patched) if chosen else []
+    logits, base, clean = image_scores(b, model, score, reads)
     explained = resolve_targets(b, base, targets)
     fill = _baseline(b, model, images, baseline, min(wh, ww))
+    if chosen:
+        full_fill = b.op("Expand", fill, b.op("Shape", images))
+        sources = padded_sources(b, patched, {model.image: images, FILL: full_fill, **dict(zip(reads, clean))})
     # window w covers rows[w // nw] x cols[w % nw]; each row of these is one window's indicator
     row_of = b.const(np.repeat(rows, len(cols), axis=0))
     col_of = b.const(np.tile(cols, (len(rows), 1)))
@@ -114,6 +156,8 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
 
     def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
         windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
+        if chosen:
+            return [], [PatchedChunk(bb, model, patched, sources, windows, n, len(cols)).scores(explained, score, n)]
         inside = bb.op("Mul", bb.op("Unsqueeze", bb.op("Gather", row_of, windows), bb.ints(2)),
                        bb.op("Unsqueeze", bb.op("Gather", col_of, windows), bb.ints(1)))  # [chunk, H, W]
         inside = pixel_masks(bb, model, inside)

@@ -26,11 +26,15 @@ def check_score(score: str) -> str:
     return score
 
 
+def score_tensor(model: Classifier, score: str) -> str:
+    """The model tensor a score is computed from: its probabilities output, else its logits."""
+    return model.probabilities if score == "prob" and model.probabilities else model.scores
+
+
 def class_scores(b: Builder, model: Classifier, bindings: dict[str, str], score: str) -> str:
     """[batch, classes] probabilities or logits of a batch (a final Softmax in the model is looked
     through for logits)."""
-    wanted = model.probabilities if score == "prob" and model.probabilities else model.scores
-    scores, = run_model(b, model, bindings, [wanted])
+    scores, = run_model(b, model, bindings, [score_tensor(model, score)])
     return b.op("Softmax", scores, axis=-1) if score == "prob" and not model.probabilities else scores
 
 
@@ -50,7 +54,12 @@ def perturbed_scores(b: Builder, model: Classifier, perturbed: str | dict[str, s
     """Target scores [chunk, N] of a chunk of perturbed copies of the images [chunk, N, *image shape]
     (or of the model tensors given as {name: [chunk, N, ...]}, which cut the model there)."""
     bindings = perturbed if isinstance(perturbed, dict) else {model.image: perturbed}
-    scores = class_scores(b, model, {k: merge_leading(b, v) for k, v in bindings.items()}, score)
+    return chunk_scores(b, model, {k: merge_leading(b, v) for k, v in bindings.items()}, n, targets, score)
+
+
+def chunk_scores(b: Builder, model: Classifier, bindings: dict[str, str], n: str, targets: str, score: str) -> str:
+    """Target scores [chunk, N] of model tensors given as {name: [chunk x N, ...]} (window-major)."""
+    scores = class_scores(b, model, bindings, score)
     classes = b.op("Slice", b.op("Shape", scores), b.ints(1), b.ints(2))
     return target_scores(b, b.op("Reshape", scores, b.op("Concat", b.ints(-1), n, classes, axis=0)), targets)
 

@@ -60,8 +60,9 @@ def _plan_value(text: str) -> bool | str:
                  Option("stride", _size, REQUIRED, "stride in pixels, one int or (height, width)"),
                  Option("baseline", _baseline_value, 0.0, "what covers a window: a number, 'mean' (each image's "
                                                           "mean colour) or 'blur' (a Gaussian blur) (default 0)"),
-                 Option("incremental", _plan_value, "auto", "run the convolutional layers on the changed patches "
-                                                            "only: auto (when fewer FLOPs), true or false")))
+                 Option("incremental", _plan_value, "auto", "auto, true or false: whether the convolutional layers "
+                                                            "run on the changed patches only (auto: where that "
+                                                            "takes fewer FLOPs)")))
 def run_occlusion(model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings, *,
                   window: int | Sequence[int], stride: int | Sequence[int], baseline: float | str,
                   incremental: bool | str) -> Outcome:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from any_models import handmade, torch_export
+from any_models import handmade, nhwc_cnn, torch_export
 from conftest import PARITY_MODELS, make_model
 from cuda_kernels import SOURCE, cpu_fallbacks
 
@@ -36,14 +36,15 @@ def test_fallback_is_found_where_there_is_one():
 @pytest.fixture(scope="module")
 def plain_models(tmp_path_factory):
     directory = tmp_path_factory.mktemp("plain")
-    return {"handmade": (handmade("NCHW"), "act"),
+    return {"handmade": (handmade("NCHW"), "act"), "nhwc_cnn": (nhwc_cnn(32), "c4"),
             "resnet18": (onnx.load(torch_export(make_model("resnet18"), directory / "r.onnx", 32)), "layer4")}
 
 
-@pytest.mark.parametrize("name", ["handmade", "resnet18"])
+@pytest.mark.parametrize("name", ["handmade", "nhwc_cnn", "resnet18"])
 def test_any_onnx_graphs_run_on_cuda(plain_models, name):
     model, layer = plain_models[name]
-    graphs = {"occlusion": ox.occlusion_graph(model, window=8, stride=8),
+    graphs = {"occlusion": ox.occlusion_graph(model, window=8, stride=8, incremental=False),
+              "occlusion incremental": ox.occlusion_graph(model, window=8, stride=4, incremental=True),
               "occlusion blur": ox.occlusion_graph(model, window=8, stride=8, baseline="blur"),
               "occlusion mean": ox.occlusion_graph(model, window=8, stride=8, baseline="mean"),
               "rise": ox.rise_graph(model, n_masks=8),

@@ -81,7 +81,7 @@ def handmade(layout: str, size: int = 16, classes: int = 5, seed: int = 0) -> on
 def nhwc_cnn(size: int = 24, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
     """A small CNN written with onnx.helper whose input is NHWC: normalisation in NHWC, a transpose,
     convolutions with stride, dilation, groups and SAME_UPPER padding, max and average pooling, batch
-    norm, a residual Add, a Concat, SiLU (x * sigmoid(x)), a detour through NHWC with a per-channel
+    norm, ceil-mode max pooling, a residual Add, a Concat, SiLU (x * sigmoid(x)), a detour through NHWC with a per-channel
     scale, then global pooling and a Gemm."""
     rng = np.random.default_rng(seed)
 
@@ -99,7 +99,7 @@ def nhwc_cnn(size: int = 24, classes: int = 4, seed: int = 0) -> onnx.ModelProto
     nodes = [node("Sub", ["image", "mean"], ["centred"]), node("Mul", ["centred", "inv_std"], ["normal"]),
              node("Transpose", ["normal"], ["x"], perm=[0, 3, 1, 2]),
              node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r1"]),
-             node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
              node("Conv", ["p1", "w2"], ["c2"], pads=[2, 2, 2, 2], dilations=[2, 2]),
              node("BatchNormalization", ["c2", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["n2"]),
              node("Add", ["n2", "p1"], ["res"]), node("Relu", ["res"], ["r2"]),

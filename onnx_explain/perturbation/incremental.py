@@ -107,36 +107,39 @@ class PatchedChunk:
 
     def read(self, r: Read, patch: Patch, patched: bool = True) -> str:
         """[chunk x N, C, r.rows, r.cols]: the clean tensor on the read's rows and cols, with `patch`'s
-        values pasted in when `patched`."""
+        values pasted in when `patched`.  The positions of every window are tables built here, so a
+        chunk only gathers its rows of them."""
         b = self.b
         if patched and r.is_store_of(patch):
             return self.values[r.tensor]
         source = self.sources[r.padding]
-        rows = self._positions(r.row_start, r.rows, self.row)  # [B, rows] in the padded map
-        cols = self._positions(r.col_start, r.cols, self.col)
-        height, width = self._padded_size(r, patch)
+        top, bottom, left, right = r.pads
+        height, width = patch.rows.size + top + bottom, patch.cols.size + left + right
+        rows = r.row_start[:, None] + np.arange(r.rows)  # [row positions, rows] in the padded map
+        cols = r.col_start[:, None] + np.arange(r.cols)
         image = b.op("Unsqueeze", b.op("Mul", self.image, b.const(height * width, "int64")), b.ints(1))
-        index = _grid(b, b.op("Add", image, b.op("Mul", rows, b.const(width, "int64"))), cols)
+        index = _grid(b, b.op("Add", image, self._table(rows * width, self.row)), self._table(cols, self.col))
         if patched:
-            top, left = r.pads[0], r.pads[2]
-            inside_rows = b.op("Sub", rows, b.op("Unsqueeze", b.op("Gather", b.const(patch.rows.start + top, "int64"),
-                                                                   self.row), b.ints(1)))
-            inside_cols = b.op("Sub", cols, b.op("Unsqueeze", b.op("Gather", b.const(patch.cols.start + left, "int64"),
-                                                                   self.col), b.ints(1)))
-            inside = b.op("And", b.op("Unsqueeze", _within(b, inside_rows, patch.rows.length), b.ints(2)),
-                          b.op("Unsqueeze", _within(b, inside_cols, patch.cols.length), b.ints(1)))
-            first = b.op("Gather", b.op("Shape", source), b.ints(0), axis=0)
-            offset = b.op("Add", first, b.op("Mul", self.batch, b.const(patch.rows.length * patch.cols.length, "int64")))
-            in_patch = _grid(b, b.op("Add", b.op("Unsqueeze", offset, b.ints(1)),
-                                     b.op("Mul", inside_rows, b.const(patch.cols.length, "int64"))), inside_cols)
-            index = b.op("Where", inside, in_patch, index)
+            in_rows = _within(rows - (patch.rows.start + top)[:, None], patch.rows.length) * patch.cols.length
+            in_cols = _within(cols - (patch.cols.start + left)[:, None], patch.cols.length)
+            in_patch = _grid(b, self._table(in_rows, self.row), self._table(in_cols, self.col))  # < 0: outside
+            clean_rows = b.op("Gather", b.op("Shape", source), b.ints(0), axis=0)  # the patches follow them
+            first = b.op("Add", clean_rows, b.op("Mul", self.batch, b.const(patch.rows.length * patch.cols.length,
+                                                                            "int64")))
+            at = b.op("Add", in_patch, b.op("Unsqueeze", first, b.ints(1, 2)))
+            index = b.op("Where", b.op("GreaterOrEqual", in_patch, b.const(0, "int64")), at, index)
             source = self._stacked(r, source)
         return b.op("Transpose", b.op("Gather", source, index, axis=0), perm=[0, 3, 1, 2])
+
+    def _table(self, table: np.ndarray, along: str) -> str:
+        """The rows of a [positions, k] table for the chunk's windows: [B, k]."""
+        return self.b.op("Gather", self.b.const(table, "int64"), along)
 
     def written_back(self, tensor: str) -> str:
         """A frontier tensor in full, in its own layout, for the rest of the model."""
         patch = self.region.patches[tensor]
-        whole = Read(tensor, np.zeros_like(patch.rows.lo), patch.rows.size, np.zeros_like(patch.cols.lo), patch.cols.size)
+        rows, cols = patch.rows, patch.cols
+        whole = Read(tensor, np.zeros_like(rows.lo), rows.size, np.zeros_like(cols.lo), cols.size)
         full = self.values[tensor] if patch.full else self.read(whole, patch)
         if patch.layout == NCHW:
             return full
@@ -159,15 +162,6 @@ class PatchedChunk:
             self.constants[key] = value
         return self.constants[key]
 
-    def _positions(self, starts: np.ndarray, count: int, along: str) -> str:
-        b = self.b
-        first = b.op("Gather", b.const(starts, "int64"), along)
-        return b.op("Add", b.op("Unsqueeze", first, b.ints(1)), b.const(np.arange(count), "int64"))
-
-    def _padded_size(self, r: Read, patch: Patch) -> tuple[int, int]:
-        top, bottom, left, right = r.pads
-        return patch.rows.size + top + bottom, patch.cols.size + left + right
-
     def _stacked(self, r: Read, source: str) -> str:
         """The padded clean tensor with the chunk's patches of the same tensor below it."""
         if r.padding not in self.stacked:
@@ -184,5 +178,6 @@ def _grid(b: Builder, rows: str, cols: str) -> str:
     return b.op("Add", b.op("Unsqueeze", rows, b.ints(2)), b.op("Unsqueeze", cols, b.ints(1)))
 
 
-def _within(b: Builder, t: str, length: int) -> str:
-    return b.op("And", b.op("GreaterOrEqual", t, b.const(0, "int64")), b.op("Less", t, b.const(length, "int64")))
+def _within(offsets: np.ndarray, length: int) -> np.ndarray:
+    """Offsets into a patch of `length`, those outside it so negative that any sum with one stays so."""
+    return np.where((offsets >= 0) & (offsets < length), offsets, -2**40)

@@ -129,7 +129,8 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
                     stride: int | Sequence[int], baseline: float | str = 0.0, score: str = "prob",
                     batch_size: int | None = None, incremental: bool | str = "auto") -> onnx.ModelProto:
     """The graph `occlusion` runs, to save and serve: inputs images and targets (int64 [N], -1 for the
-    predicted class); outputs scores, targets, grid, raw and heatmap."""
+    predicted class); outputs scores, targets, grid, raw and heatmap.  `incremental` as for occlusion:
+    the plan is fixed in the graph."""
     model = classifier(model)
     check_score(score)
     (height, width) = model.size
@@ -147,13 +148,16 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     fill = _baseline(b, model, images, baseline, min(wh, ww))
     if chosen:
         full_fill = b.op("Expand", fill, b.op("Shape", images))
-        sources = padded_sources(b, patched, {model.image: images, FILL: full_fill, **dict(zip(reads, clean))})
+        clean_tensors = {model.image: images, FILL: full_fill, **dict(zip(reads, clean, strict=True))}
+        sources = padded_sources(b, patched, clean_tensors)
     # window w covers rows[w // nw] x cols[w % nw]; each row of these is one window's indicator
     row_of = b.const(np.repeat(rows, len(cols), axis=0))
     col_of = b.const(np.tile(cols, (len(rows), 1)))
     count = len(rows) * len(cols)
     n = b.op("Gather", b.op("Shape", images), b.ints(0), axis=0)
-    trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), budget(model, batch_size))
+    images_per_run = budget(model, batch_size)  # bounds memory: a chunk of patches takes no more than these images
+    per_chunk = patched.windows_per_image(images_per_run) if chosen else images_per_run
+    trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), per_chunk)
 
     def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
         windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))

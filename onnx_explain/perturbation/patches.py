@@ -133,18 +133,25 @@ class Step:
 class Region:
     """The incremental plan of a model for one window grid: the image's patches, the steps in graph
     order, the tensors the rest of the model reads (written back in full), and multiply-adds per window
-    of both plans."""
+    of both plans, and the elements of the largest tensor each holds per window."""
 
     patches: dict[str, Patch]
     steps: tuple[Step, ...]
     frontier: tuple[str, ...]
     incremental_macs: int
     full_macs: int
+    incremental_peak: int
+    full_peak: int
 
     @property
     def flop_ratio(self) -> float:
         """Incremental FLOPs / full FLOPs per window."""
         return self.incremental_macs / max(self.full_macs, 1)
+
+    def windows_per_image(self, images: int) -> int:
+        """Windows that take the memory of `images` occluded images through the full model (at least
+        `images`): a chunk of patches is smaller than a batch of images."""
+        return images * max(1, self.full_peak // max(self.incremental_peak, 1))
 
 
 def region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], stride: tuple[int, int]) -> Region:
@@ -179,7 +186,12 @@ def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int]
     dynamic = [n for n in nodes if n.input and not all(i in static for i in n.input if i)]
     full = sum(_macs(n, shapes) for n in dynamic)
     rest = sum(_macs(n, shapes) for n in dynamic if id(n) not in in_region)
-    return Region(patches, tuple(steps), frontier, rest + sum(s.macs for s in steps), full)
+    full_peak = max(_elements(shapes.get(o)) for n in dynamic for o in (*n.input, *n.output))
+    patch_peak = max([_elements(shapes.get(t)) for t in frontier]
+                     + [_elements(shapes.get(o)) for n in dynamic if id(n) not in in_region for o in n.output]
+                     + [s.out.channels * s.out.rows.length * s.out.cols.length for s in steps]
+                     + [patches[r.tensor].channels * r.rows * r.cols for s in steps for r in s.reads.values()])
+    return Region(patches, tuple(steps), frontier, rest + sum(s.macs for s in steps), full, patch_peak, full_peak)
 
 
 def _step(node: onnx.NodeProto, patches: dict[str, Patch], static: set[str], shapes: dict) -> Step | None:
@@ -280,7 +292,8 @@ def _transpose(node, source: Patch) -> Step | None:
         return None
     layout = Layout(perm.index(source.layout.channel), perm.index(source.layout.height),
                     perm.index(source.layout.width))
-    return Step(node, {0: _store(node.input[0], source)}, {}, Patch(source.rows, source.cols, layout, source.channels), 0)
+    moved = Patch(source.rows, source.cols, layout, source.channels)
+    return Step(node, {0: _store(node.input[0], source)}, {}, moved, 0)
 
 
 def _store(tensor: str, patch: Patch) -> Read:
@@ -343,6 +356,11 @@ def _shapes(model: Classifier) -> dict[str, list]:
               and v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     shapes.update({t.name: list(t.dims) for t in inferred.initializer})
     return shapes
+
+
+def _elements(dims: list | None) -> int:
+    """Elements of one image's tensor (0 when its shape is unknown)."""
+    return int(np.prod(dims[1:])) if dims and all(isinstance(d, int) for d in dims[1:]) else 0
 
 
 def _macs(node: onnx.NodeProto, shapes: dict) -> int:

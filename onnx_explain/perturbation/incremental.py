@@ -16,7 +16,7 @@ import onnx
 
 from onnx_explain.core.graph import Builder, inline
 from onnx_explain.perturbation.classifier import Classifier
-from onnx_explain.perturbation.patches import BROADCAST, NCHW, Patch, Read, Region, Step
+from onnx_explain.perturbation.patches import NCHW, Patch, Read, Region, Step
 from onnx_explain.perturbation.scoring import chunk_scores
 
 FILL = "occlusion fill"  # the key of the baseline's full images among the clean tensors
@@ -31,23 +31,21 @@ def _paddings(region: Region) -> list[tuple]:
 
 def clean_reads(region: Region) -> list[str]:
     """The model tensors whose clean values the chunks read (besides the image)."""
-    image = next(iter(region.patches))
-    return [t for t in dict.fromkeys(t for t, _, _ in _paddings(region)) if t not in (image, FILL)]
+    return [t for t in dict.fromkeys(t for t, _, _ in _paddings(region)) if t not in (region.image, FILL)]
 
 
 def padded_sources(b: Builder, region: Region, clean: dict[str, str]) -> dict[tuple, str]:
     """Before the loop: each clean tensor as every read pads it, channels last, [N x rows x cols, C]."""
-    image = next(iter(region.patches))
     sources = {}
     for tensor, pads, fill in _paddings(region):
-        layout = region.patches[image if tensor == FILL else tensor].layout
+        patch = region.patches[region.image if tensor == FILL else tensor]
+        layout = patch.layout
         channels_last = b.op("Transpose", clean[tensor], perm=[0, layout.height, layout.width, layout.channel])
         top, bottom, left, right = pads
         if any(pads):
             channels_last = b.op("Pad", channels_last, b.ints(0, top, left, 0, 0, bottom, right, 0),
                                  b.const(fill), mode="constant")
-        channels = region.patches[image if tensor == FILL else tensor].channels
-        sources[tensor, pads, fill] = b.op("Reshape", channels_last, b.ints(-1, channels))
+        sources[tensor, pads, fill] = b.op("Reshape", channels_last, b.ints(-1, patch.channels))
     return sources
 
 
@@ -69,14 +67,13 @@ class PatchedChunk:
                           b.const(1, "int64"))
         self.values: dict[str, str] = {}
         self.stacked: dict[tuple, str] = {}
-        self.constants: dict[str, str] = {}
+        self.constants: dict[tuple, str] = {}
 
     def scores(self, targets: str, score: str, n: str) -> str:
         """Target scores [chunk, N] of the chunk's occluded images."""
-        image = next(iter(self.region.patches))
-        patch = self.region.patches[image]
+        patch = self.region.patches[self.region.image]
         stored = Read(FILL, patch.rows.start, patch.rows.length, patch.cols.start, patch.cols.length)
-        self.values[image] = self.read(stored, patch, patched=False)
+        self.values[self.region.image] = self.read(stored, patch, patched=False)
         for step in self.region.steps:
             self.values[step.node.output[0]] = self.run(step)
         bindings = {t: self.written_back(t) for t in self.region.frontier}
@@ -90,7 +87,8 @@ class PatchedChunk:
             if k in step.reads:
                 inputs.append(self.read(step.reads[k], self.region.patches[name]))
             else:
-                inputs.append(self.constant(name, step.out if k and node.op_type in BROADCAST else None))
+                inputs.append(self.constant(name, step.out.layout.to_internal, step.relaid[k]) if k in step.relaid
+                              else self.constant(name))
         if node.op_type == "Transpose":
             return inputs[0]  # patches are [B, C, rows, cols] in every layout; the step only relabels axes
         copy = onnx.NodeProto()
@@ -145,20 +143,18 @@ class PatchedChunk:
             return full
         return self.b.op("Transpose", full, perm=list(np.argsort(patch.layout.to_internal)))
 
-    def constant(self, name: str, broadcast_to: Patch | None) -> str:
-        """A model tensor that does not depend on the image, copied into the loop body once; an operand
-        broadcast against patches of another layout is laid out as the patches are."""
+    def constant(self, name: str, perm: list[int] | None = None, rank: int = 4) -> str:
+        """A model tensor that does not depend on the image, copied into the loop body once; with
+        `perm`, raised to rank 4 and transposed by it (a per-channel operand of an NHWC tensor, laid
+        out as the patches are)."""
         if name == "":
             return ""
-        key = name if broadcast_to is None or broadcast_to.layout == NCHW else f"{name} as {broadcast_to.layout}"
+        key = name, None if perm is None else tuple(perm)
         if key not in self.constants:
             value, = inline(self.b, self.model.model.graph, {}, [name], self.b.fresh("constant"))
-            if key != name:
-                rank = self.b.op("Size", self.b.op("Shape", value))
-                ones = self.b.op("Expand", self.b.ints(1), self.b.op("Sub", self.b.ints(4), self.b.op("Reshape", rank,
-                                                                                                     self.b.ints(1))))
-                lifted = self.b.op("Reshape", value, self.b.op("Concat", ones, self.b.op("Shape", value), axis=0))
-                value = self.b.op("Transpose", lifted, perm=broadcast_to.layout.to_internal)
+            if perm is not None:
+                lifted = self.b.op("Unsqueeze", value, self.b.ints(*range(4 - rank))) if rank < 4 else value
+                value = self.b.op("Transpose", lifted, perm=perm)
             self.constants[key] = value
         return self.constants[key]
 
@@ -167,8 +163,7 @@ class PatchedChunk:
         if r.padding not in self.stacked:
             b = self.b
             patches = b.op("Transpose", self.values[r.tensor], perm=[0, 2, 3, 1])
-            channels = b.op("Slice", b.op("Shape", patches), b.ints(3), b.ints(4))
-            flat = b.op("Reshape", patches, b.op("Concat", b.ints(-1), channels, axis=0))
+            flat = b.op("Reshape", patches, b.ints(-1, self.region.patches[r.tensor].channels))
             self.stacked[r.padding] = b.op("Concat", source, flat, axis=0)
         return self.stacked[r.padding]
 

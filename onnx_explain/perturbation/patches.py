@@ -15,7 +15,7 @@ full tensors and the rest of the model runs as it is (`Region.frontier`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -120,13 +120,16 @@ class Read:
 @dataclass(frozen=True)
 class Step:
     """One node of the model run on patches: `reads` maps an input's index to how it is read (the
-    other inputs are the model's constants); `attributes` replace the node's own; `macs` per window."""
+    other inputs are the model's constants); `attributes` replace the node's own (None drops one);
+    `macs` per window; `relaid` maps a constant operand's index to its rank where it must be laid out
+    as the patches are (a per-channel constant of an NHWC tensor)."""
 
     node: onnx.NodeProto
     reads: dict[int, Read]
     attributes: dict
     out: Patch
     macs: int
+    relaid: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,11 @@ class Region:
     full_macs: int
     incremental_peak: int
     full_peak: int
+
+    @property
+    def image(self) -> str:
+        """The model's image input, the first tensor with patches."""
+        return next(iter(self.patches))
 
     @property
     def flop_ratio(self) -> float:
@@ -243,7 +251,8 @@ def _join(node, patches, static, shapes, dims) -> Step | None:
     out = Patch(rows, cols, layout, dims[layout.channel])
     reads = {k: Read(i, rows.start, rows.length, cols.start, cols.length) for k, i in enumerate(node.input)
              if i in patches}
-    return Step(node, reads, {}, out, 0)
+    relaid = {} if layout == NCHW else {k: len(shapes[i]) for k, i in enumerate(node.input) if i not in patches}
+    return Step(node, reads, {}, out, 0, relaid)
 
 
 def _windowed(node, patches, shapes, dims) -> Step | None:

@@ -25,7 +25,8 @@ import onnxruntime as ort
 import torch
 import torchvision
 from captum.attr import Occlusion
-from overhead import median_time as timed  # bench/ is on sys.path when this script runs
+from overhead import QUIET_S  # bench/ is on sys.path when this script runs
+from overhead import median_time as timed
 
 from onnx_explain import classifier, occlusion
 
@@ -96,7 +97,9 @@ def _bench(net, model, name: str, size: int, window: int, stride: int, rounds: i
 
 
 def _once(fn) -> float:
-    """Seconds of one run (the sessions are built and warm: each occlusion here takes seconds to minutes)."""
+    """Seconds of one run (the sessions are built and warm: each occlusion here takes seconds to minutes),
+    after a pause that lets the last run's thread pools stop spinning."""
+    time.sleep(QUIET_S)
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start

@@ -70,10 +70,10 @@ def run_occlusion(model: Classifier, images: np.ndarray, targets: np.ndarray, se
     target's score is recorded, as captum's `Occlusion` does.  Map: raw [N, H, W] the mean score drop
     over the windows covering each pixel (0 where no window does), grid [N, nh, nw] the drop per window
     position, heatmap the positive part of raw scaled to [0, 1]; plan and flop_ratio say which plan ran."""
-    window, stride = _pair(window, "window"), _pair(stride, "stride")
+    window, stride, fill = _pair(window, "window"), _pair(stride, "stride"), _fill(baseline)
     chosen, found = occlusion_plan(model, window=window, stride=stride, score=settings.score, incremental=incremental)
-    graph = dict(window=window, stride=stride, baseline=_fill(baseline), score=settings.score,
-                 batch_size=settings.batch_size, incremental=chosen)
+    graph = dict(window=window, stride=stride, baseline=fill, score=settings.score, batch_size=settings.batch_size,
+                 incremental=chosen)
     out = run_built(occlusion_graph, model, graph, {"images": images, "targets": targets}, settings.providers)
     plan = "incremental" if chosen else "full"
     found = Map("occlusion", None, out["heatmap"], out["raw"], grid=out["grid"], plan=plan,
@@ -89,7 +89,10 @@ def occlusion_plan(model: str | Path | onnx.ModelProto | Classifier, *, window: 
     if not (isinstance(incremental, (bool, np.bool_)) or (isinstance(incremental, str) and incremental == "auto")):
         raise ValueError(f"incremental must be one of {PLANS}, got {incremental!r}")
     model = classifier(model)
-    found = region(model, (score_tensor(model, check_score(score)),), _pair(window, "window"), _pair(stride, "stride"))
+    window, stride = _pair(window, "window"), _pair(stride, "stride")
+    if window[0] > model.size[0] or window[1] > model.size[1]:
+        raise ValueError(f"window {list(window)} is larger than the image {list(model.size)}")
+    found = region(model, (score_tensor(model, check_score(score)),), window, stride)
     chosen = bool(found.steps) and found.flop_ratio < 1 if incremental == "auto" else bool(incremental)
     return chosen, found
 
@@ -134,11 +137,9 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     model = classifier(model)
     check_score(score)
     (height, width) = model.size
+    chosen, patched = occlusion_plan(model, window=window, stride=stride, score=score, incremental=incremental)
     (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
-    if wh > height or ww > width:
-        raise ValueError(f"window {[wh, ww]} is larger than the image {[height, width]}")
     rows, cols = _spans(height, wh, sh), _spans(width, ww, sw)
-    chosen, patched = occlusion_plan(model, window=(wh, ww), stride=(sh, sw), score=score, incremental=incremental)
 
     b = Builder()
     images, targets = "images", "targets"

@@ -52,15 +52,12 @@ def images(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
-def both_plans(model, x, **kwargs):
-    full = ox.occlusion(model, x, score="logit", incremental=False, **kwargs)["occlusion"]
-    incremental = ox.occlusion(model, x, score="logit", incremental=True, **kwargs)["occlusion"]
-    assert (full.plan, incremental.plan) == ("full", "incremental")
-    return full, incremental
-
-
 def relative(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def blurred(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -79,13 +76,13 @@ def fill_of(x: np.ndarray, baseline, window) -> np.ndarray:
     if baseline == "mean":
         return np.broadcast_to(x.astype(np.float64).mean(axis=(2, 3), keepdims=True), x.shape)
     if baseline == "blur":
-        return blurred(x, min(ox.perturbation.occlusion._pair(window, "")) / 2)
+        return blurred(x, min(pair(window)) / 2)
     return np.full(x.shape, float(baseline))
 
 
 def occluded(x: np.ndarray, window, stride, baseline=0.0) -> np.ndarray:
     """Every window of NCHW images x covered by the baseline: [windows, N, C, H, W] in float64."""
-    (wh, ww), (sh, sw) = (ox.perturbation.occlusion._pair(v, "") for v in (window, stride))
+    (wh, ww), (sh, sw) = pair(window), pair(stride)
     fill = fill_of(x, baseline, window)
     copies = []
     for r in range(0, x.shape[2] - wh + 1, sh):
@@ -98,7 +95,7 @@ def occluded(x: np.ndarray, window, stride, baseline=0.0) -> np.ndarray:
 
 def raw_from_drops(drops: np.ndarray, size: int, window, stride) -> np.ndarray:
     """[windows] score drops of one image -> its raw map: the mean drop over the covering windows."""
-    (wh, ww), (sh, sw) = (ox.perturbation.occlusion._pair(v, "") for v in (window, stride))
+    (wh, ww), (sh, sw) = pair(window), pair(stride)
     total, count, k = np.zeros((size, size)), np.zeros((size, size)), 0
     for r in range(0, size - wh + 1, sh):
         for c in range(0, size - ww + 1, sw):

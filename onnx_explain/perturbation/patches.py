@@ -192,14 +192,16 @@ def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int]
     read_outside = {i for n in nodes if id(n) not in in_region for i in (*n.input, *outer_names(n))} | set(outputs)
     frontier = tuple(t for t in patches if t in read_outside)
     dynamic = [n for n in nodes if n.input and not all(i in static for i in n.input if i)]
-    full = sum(_macs(n, shapes) for n in dynamic)
-    rest = sum(_macs(n, shapes) for n in dynamic if id(n) not in in_region)
-    full_peak = max(_elements(shapes.get(o)) for n in dynamic for o in (*n.input, *n.output))
+    rest = [n for n in dynamic if id(n) not in in_region]  # run on full tensors in both plans
+    macs = sum(_macs(n, shapes) for n in rest) + sum(s.macs for s in steps)
+    full_peak = max((_elements(shapes.get(o)) for n in dynamic for o in (*n.input, *n.output)), default=1)
     patch_peak = max([_elements(shapes.get(t)) for t in frontier]
-                     + [_elements(shapes.get(o)) for n in dynamic if id(n) not in in_region for o in n.output]
+                     + [_elements(shapes.get(o)) for n in rest for o in n.output]
                      + [s.out.channels * s.out.rows.length * s.out.cols.length for s in steps]
-                     + [patches[r.tensor].channels * r.rows * r.cols for s in steps for r in s.reads.values()])
-    return Region(patches, tuple(steps), frontier, rest + sum(s.macs for s in steps), full, patch_peak, full_peak)
+                     + [patches[r.tensor].channels * r.rows * r.cols for s in steps for r in s.reads.values()],
+                     default=1)
+    return Region(patches, tuple(steps), frontier, macs, sum(_macs(n, shapes) for n in dynamic), patch_peak,
+                  full_peak)
 
 
 def _step(node: onnx.NodeProto, patches: dict[str, Patch], static: set[str], shapes: dict) -> Step | None:

@@ -45,6 +45,8 @@ def test_any_onnx_graphs_run_on_cuda(plain_models, name):
     model, layer = plain_models[name]
     graphs = {"occlusion": ox.occlusion_graph(model, window=8, stride=8, incremental=False),
               "occlusion incremental": ox.occlusion_graph(model, window=8, stride=4, incremental=True),
+              "occlusion incremental blur": ox.occlusion_graph(model, window=8, stride=4, baseline="blur",
+                                                               incremental=True),
               "occlusion blur": ox.occlusion_graph(model, window=8, stride=8, baseline="blur"),
               "occlusion mean": ox.occlusion_graph(model, window=8, stride=8, baseline="mean"),
               "rise": ox.rise_graph(model, n_masks=8),

@@ -80,9 +80,9 @@ def handmade(layout: str, size: int = 16, classes: int = 5, seed: int = 0) -> on
 
 def nhwc_cnn(size: int = 24, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
     """A small CNN written with onnx.helper whose input is NHWC: normalisation in NHWC, a transpose,
-    convolutions with stride, dilation, groups and SAME_UPPER padding, max and average pooling, batch
-    norm, ceil-mode max pooling, a residual Add, a Concat, SiLU (x * sigmoid(x)), a detour through NHWC with a per-channel
-    scale, then global pooling and a Gemm."""
+    convolutions with stride, dilation, groups and SAME_UPPER padding, ceil-mode max pooling, average
+    pooling, batch norm, a residual Add, a Concat, SiLU (x * sigmoid(x)), a detour through NHWC with a
+    per-channel scale, then global pooling and a Gemm."""
     rng = np.random.default_rng(seed)
 
     def weight(name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:

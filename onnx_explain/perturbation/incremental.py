@@ -67,6 +67,7 @@ class PatchedChunk:
                           b.const(1, "int64"))
         self.values: dict[str, str] = {}
         self.stacked: dict[tuple, str] = {}
+        self.flat: dict[str, str] = {}
         self.constants: dict[tuple, str] = {}
 
     def scores(self, targets: str, score: str, n: str) -> str:
@@ -160,11 +161,12 @@ class PatchedChunk:
 
     def _stacked(self, r: Read, source: str) -> str:
         """The padded clean tensor with the chunk's patches of the same tensor below it."""
-        if r.padding not in self.stacked:
-            b = self.b
+        b = self.b
+        if r.tensor not in self.flat:  # one copy of the patches however many paddings read them
             patches = b.op("Transpose", self.values[r.tensor], perm=[0, 2, 3, 1])
-            flat = b.op("Reshape", patches, b.ints(-1, self.region.patches[r.tensor].channels))
-            self.stacked[r.padding] = b.op("Concat", source, flat, axis=0)
+            self.flat[r.tensor] = b.op("Reshape", patches, b.ints(-1, self.region.patches[r.tensor].channels))
+        if r.padding not in self.stacked:
+            self.stacked[r.padding] = b.op("Concat", source, self.flat[r.tensor], axis=0)
         return self.stacked[r.padding]
 
 

@@ -172,8 +172,8 @@ def layer_tensors(model: str | Path | onnx.ModelProto | Classifier) -> list[Tens
     """Every rank-4 float tensor inside the model (not the input), with its shape: the candidates for
     the activation CAMs' `layer`, in graph order.  `model` is anything classifier() takes."""
     model = classifier(model)
-    inferred = shape_inference.infer_shapes(model.model)
-    shapes = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.output)}
+    inferred = inferred_graph(model)
+    shapes = {v.name: _dims(v) for v in (*inferred.value_info, *inferred.output)}
     found = []
     for node in model.model.graph.node:
         for out in node.output:
@@ -183,10 +183,16 @@ def layer_tensors(model: str | Path | onnx.ModelProto | Classifier) -> list[Tens
     return found
 
 
+@lru_cache(maxsize=8)
+def inferred_graph(model: Classifier) -> onnx.GraphProto:
+    """The model's graph with every shape ONNX's shape inference reaches, once per classifier."""
+    return shape_inference.infer_shapes(model.model).graph
+
+
 def tensor_shape(model: Classifier, name: str) -> tuple | None:
     """The inferred shape of one of the model's tensors (dims are ints, names or None), or None when
     shape inference does not reach it."""
-    inferred = shape_inference.infer_shapes(model.model).graph
+    inferred = inferred_graph(model)
     found = next((v for v in (*inferred.value_info, *inferred.output) if v.name == name), None)
     return None if found is None or not found.type.tensor_type.HasField("shape") else tuple(_dims(found))
 

@@ -16,7 +16,7 @@ import onnx
 
 from onnx_explain.core.graph import Builder, inline
 from onnx_explain.perturbation.classifier import Classifier
-from onnx_explain.perturbation.patches import NCHW, Patch, Read, Region, Step
+from onnx_explain.perturbation.patches import NCHW, Patch, Read, Region, Step, stored
 from onnx_explain.perturbation.scoring import chunk_scores
 
 FILL = "occlusion fill"  # the key of the baseline's full images among the clean tensors
@@ -73,8 +73,7 @@ class PatchedChunk:
     def scores(self, targets: str, score: str, n: str) -> str:
         """Target scores [chunk, N] of the chunk's occluded images."""
         patch = self.region.patches[self.region.image]
-        stored = Read(FILL, patch.rows.start, patch.rows.length, patch.cols.start, patch.cols.length)
-        self.values[self.region.image] = self.read(stored, patch, patched=False)
+        self.values[self.region.image] = self.read(stored(FILL, patch), patch, patched=False)
         for step in self.region.steps:
             self.values[step.node.output[0]] = self.run(step)
         bindings = {t: self.written_back(t) for t in self.region.frontier}

@@ -19,7 +19,7 @@ from onnx_explain.perturbation.classifier import Classifier, classifier
 from onnx_explain.perturbation.dispatch import explain
 from onnx_explain.perturbation.incremental import FILL, PatchedChunk, clean_reads, padded_sources
 from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Settings, method
-from onnx_explain.perturbation.patches import Region, region
+from onnx_explain.perturbation.patches import Region, region, window_starts
 from onnx_explain.perturbation.scoring import (
     check_score,
     image_inputs,
@@ -211,7 +211,7 @@ def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
 
 def _spans(size: int, window: int, stride: int) -> np.ndarray:
     """[positions, size] indicator of each window position along one axis (captum's positions)."""
-    starts = range(0, size - window + 1, stride)
+    starts = window_starts(size, window, stride)
     spans = np.zeros((len(starts), size), np.float32)
     for k, s in enumerate(starts):
         spans[k, s:s + window] = 1

@@ -20,10 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 import onnx
-from onnx import shape_inference
 
 from onnx_explain.core.graph import needed_nodes, outer_names
-from onnx_explain.perturbation.classifier import Classifier
+from onnx_explain.perturbation.classifier import Classifier, inferred_graph
 
 POINTWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
              "Softsign", "Mish", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Erf", "Sin", "Cos", "Floor",
@@ -49,9 +48,6 @@ class Span:
     @property
     def full(self) -> bool:
         return self.length == self.size
-
-    def same_store(self, other: Span) -> bool:
-        return self.length == other.length and np.array_equal(self.start, other.start)
 
 
 def span(size: int, lo: np.ndarray, hi: np.ndarray) -> Span:
@@ -162,6 +158,11 @@ class Region:
         return images * max(1, self.full_peak // max(self.incremental_peak, 1))
 
 
+def window_starts(size: int, window: int, stride: int) -> np.ndarray:
+    """Where the windows start along one axis: 0, stride, ... while the window fits (captum's positions)."""
+    return np.arange(0, size - window + 1, stride)
+
+
 def region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], stride: tuple[int, int]) -> Region:
     """The incremental plan for the windows `window` moved by `stride`, computing the model's `outputs`."""
     return _region(model, outputs, window, stride)
@@ -175,7 +176,7 @@ def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int]
     static = _static(graph, nodes)
     layout = NCHW if model.layout == "NCHW" else NHWC
     (height, width), channels = model.size, model.channels
-    rows, cols = (np.arange(0, size - w + 1, s) for size, w, s in zip((height, width), window, stride, strict=True))
+    rows, cols = (window_starts(size, w, s) for size, w, s in zip((height, width), window, stride, strict=True))
     patches = {model.image: Patch(span(height, rows, rows + window[0]), span(width, cols, cols + window[1]),
                                   layout, channels)}
     steps, ended = [], set()
@@ -232,7 +233,7 @@ def _pointwise(node, patches, static, shapes, dims) -> Step | None:
         return None
     if node.op_type == "BatchNormalization" and source.layout != NCHW:
         return None
-    return Step(node, {0: _store(node.input[0], source)}, {}, _same_place(source, dims), 0)
+    return Step(node, {0: stored(node.input[0], source)}, {}, _same_place(source, dims), 0)
 
 
 def _join(node, patches, static, shapes, dims) -> Step | None:
@@ -304,10 +305,11 @@ def _transpose(node, source: Patch) -> Step | None:
     layout = Layout(perm.index(source.layout.channel), perm.index(source.layout.height),
                     perm.index(source.layout.width))
     moved = Patch(source.rows, source.cols, layout, source.channels)
-    return Step(node, {0: _store(node.input[0], source)}, {}, moved, 0)
+    return Step(node, {0: stored(node.input[0], source)}, {}, moved, 0)
 
 
-def _store(tensor: str, patch: Patch) -> Read:
+def stored(tensor: str, patch: Patch) -> Read:
+    """The read of exactly a tensor's stored patches."""
     return Read(tensor, patch.rows.start, patch.rows.length, patch.cols.start, patch.cols.length)
 
 
@@ -359,8 +361,8 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
 
 @lru_cache(maxsize=8)
 def _shapes(model: Classifier) -> dict[str, list]:
-    """Every tensor's inferred dims (ints, names or None)."""
-    inferred = shape_inference.infer_shapes(model.model).graph
+    """The inferred dims of every float tensor and initializer (ints, None where not fixed)."""
+    inferred = inferred_graph(model)
     values = (*inferred.input, *inferred.value_info, *inferred.output)
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in values if v.type.tensor_type.HasField("shape")

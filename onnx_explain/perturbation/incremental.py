@@ -2,43 +2,52 @@
 of windows runs the model's convolutional layers on patches only, as patches.py plans them, and the rest
 of the model on full tensors.
 
-Every patch is kept as [windows x images, channels, rows, cols], window-major.  A read gathers, for each
+Every patch is kept as [windows x images, rows, cols, channels], window-major.  A read gathers, for each
 window, the clean tensor's values on the rows and cols it needs with the tensor's patches pasted in: the
 clean tensor (padded once, before the loop, channels last, flattened to [images x rows x cols,
 channels]) and the chunk's patches are stacked, and one Gather picks from either, row by row of
-channels.  Everything is plain ONNX, so it runs on every execution provider.
+channels.  Convolutions and pooling take NCHW, so each is wrapped in a pair of Transposes, which ONNX
+Runtime folds into the reorders of its blocked kernels.  Everything is plain ONNX, so it runs on every
+execution provider.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
 
 from onnx_explain.core.graph import Builder, inline
 from onnx_explain.perturbation.classifier import Classifier
-from onnx_explain.perturbation.patches import NCHW, Patch, Read, Region, Step, stored
+from onnx_explain.perturbation.patches import NHWC, POINTWISE, Patch, Read, Region, Step, stored
 from onnx_explain.perturbation.scoring import chunk_scores
 
+CHANNELS_FIRST = {"Conv", "MaxPool", "AveragePool", "BatchNormalization"}  # ops that take [B, C, rows, cols]
 FILL = "occlusion fill"  # the key of the baseline's full images among the clean tensors
 
 
-def _paddings(region: Region) -> list[tuple]:
-    """Every (tensor, pads, fill) a chunk reads the clean tensors with."""
-    reads = [r.padding for s in region.steps for r in s.reads.values()]
-    reads += [(t, (0, 0, 0, 0), 0.0) for t in region.frontier if not region.patches[t].full]
-    return list(dict.fromkeys([(FILL, (0, 0, 0, 0), 0.0), *reads]))
+def _paddings(regions: Sequence[Region]) -> list[tuple]:
+    """Every (tensor, pads, fill) the chunks of any of `regions` read the clean tensors with."""
+    reads = [(FILL, (0, 0, 0, 0), 0.0)]
+    for region in regions:
+        reads += [r.padding for s in region.steps for r in s.reads.values()]
+        reads += [(t, (0, 0, 0, 0), 0.0) for t in region.frontier if not region.patches[t].full]
+    return list(dict.fromkeys(reads))
 
 
-def clean_reads(region: Region) -> list[str]:
+def clean_reads(regions: Sequence[Region]) -> list[str]:
     """The model tensors whose clean values the chunks read (besides the image)."""
-    return [t for t in dict.fromkeys(t for t, _, _ in _paddings(region)) if t not in (region.image, FILL)]
+    image = regions[0].image
+    return [t for t in dict.fromkeys(t for t, _, _ in _paddings(regions)) if t not in (image, FILL)]
 
 
-def padded_sources(b: Builder, region: Region, clean: dict[str, str]) -> dict[tuple, str]:
-    """Before the loop: each clean tensor as every read pads it, channels last, [N x rows x cols, C]."""
+def padded_sources(b: Builder, regions: Sequence[Region], clean: dict[str, str]) -> dict[tuple, str]:
+    """Before the loops: each clean tensor as every read pads it, channels last, [N x rows x cols, C]."""
+    patches = {t: p for region in reversed(regions) for t, p in region.patches.items()}
     sources = {}
-    for tensor, pads, fill in _paddings(region):
-        patch = region.patches[region.image if tensor == FILL else tensor]
+    for tensor, pads, fill in _paddings(regions):
+        patch = patches[regions[0].image if tensor == FILL else tensor]
         layout = patch.layout
         channels_last = b.op("Transpose", clean[tensor], perm=[0, layout.height, layout.width, layout.channel])
         top, bottom, left, right = pads
@@ -66,6 +75,7 @@ class PatchedChunk:
         self.batch = b.op("Range", b.const(0, "int64"), b.op("Squeeze", b.op("Shape", self.row), b.ints(0)),
                           b.const(1, "int64"))
         self.values: dict[str, str] = {}
+        self.first: dict[str, str] = {}  # outputs of channels-first ops, [chunk x N, C, rows, cols]
         self.stacked: dict[tuple, str] = {}
         self.flat: dict[str, str] = {}
         self.constants: dict[tuple, str] = {}
@@ -75,22 +85,30 @@ class PatchedChunk:
         patch = self.region.patches[self.region.image]
         self.values[self.region.image] = self.read(stored(FILL, patch), patch, patched=False)
         for step in self.region.steps:
-            self.values[step.node.output[0]] = self.run(step)
+            self.run(step)
         bindings = {t: self.written_back(t) for t in self.region.frontier}
         return chunk_scores(self.b, self.model, bindings, n, targets, score)
 
-    def run(self, step: Step) -> str:
-        """One node of the model on the chunk's patches."""
-        b, node = self.b, step.node
+    def run(self, step: Step) -> None:
+        """One node of the model on the chunk's patches.  A convolution's or pooling's output is also
+        kept as it comes, channels first, for the element-wise ops after it: ONNX Runtime fuses an
+        activation into the convolution only where it follows it directly."""
+        b, node, out = self.b, step.node, step.node.output[0]
+        source = node.input[0]
+        first = node.op_type in CHANNELS_FIRST or (node.op_type in POINTWISE and source in self.first)
         inputs = []
         for k, name in enumerate(node.input):
-            if k in step.reads:
-                inputs.append(self.read(step.reads[k], self.region.patches[name]))
+            if k == 0 and first and source in self.first and step.reads[0].is_store_of(self.region.patches[source]):
+                inputs.append(self.first[source])
+            elif k in step.reads:
+                read = self.read(step.reads[k], self.region.patches[name])
+                inputs.append(b.op("Transpose", read, perm=[0, 3, 1, 2]) if k == 0 and first else read)
             else:
                 inputs.append(self.constant(name, step.out.layout.to_internal, step.relaid[k]) if k in step.relaid
                               else self.constant(name))
         if node.op_type == "Transpose":
-            return inputs[0]  # patches are [B, C, rows, cols] in every layout; the step only relabels axes
+            self.values[out] = inputs[0]  # patches are [B, rows, cols, C] in every layout: only a relabelling
+            return
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         copy.input[:] = inputs
@@ -101,15 +119,24 @@ class PatchedChunk:
         copy.attribute.extend(kept)
         copy.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in step.attributes.items() if v is not None)
         b.nodes.append(copy)
-        return copy.output[0]
+        if first:
+            self.first[out] = copy.output[0]
+        else:
+            self.values[out] = copy.output[0]
+
+    def value(self, tensor: str) -> str:
+        """A tensor's patches, [chunk x N, rows, cols, C]."""
+        if tensor not in self.values:
+            self.values[tensor] = self.b.op("Transpose", self.first[tensor], perm=[0, 2, 3, 1])
+        return self.values[tensor]
 
     def read(self, r: Read, patch: Patch, patched: bool = True) -> str:
-        """[chunk x N, C, r.rows, r.cols]: the clean tensor on the read's rows and cols, with `patch`'s
+        """[chunk x N, r.rows, r.cols, C]: the clean tensor on the read's rows and cols, with `patch`'s
         values pasted in when `patched`.  The positions of every window are tables built here, so a
         chunk only gathers its rows of them."""
         b = self.b
         if patched and r.is_store_of(patch):
-            return self.values[r.tensor]
+            return self.value(r.tensor)
         source = self.sources[r.padding]
         top, bottom, left, right = r.pads
         height, width = patch.rows.size + top + bottom, patch.cols.size + left + right
@@ -127,7 +154,7 @@ class PatchedChunk:
             at = b.op("Add", in_patch, b.op("Unsqueeze", first, b.ints(1, 2)))
             index = b.op("Where", b.op("GreaterOrEqual", in_patch, b.const(0, "int64")), at, index)
             source = self._stacked(r, source)
-        return b.op("Transpose", b.op("Gather", source, index, axis=0), perm=[0, 3, 1, 2])
+        return b.op("Gather", source, index, axis=0)
 
     def _table(self, table: np.ndarray, along: str) -> str:
         """The rows of a [positions, k] table for the chunk's windows: [B, k]."""
@@ -138,14 +165,14 @@ class PatchedChunk:
         patch = self.region.patches[tensor]
         rows, cols = patch.rows, patch.cols
         whole = Read(tensor, np.zeros_like(rows.lo), rows.size, np.zeros_like(cols.lo), cols.size)
-        full = self.values[tensor] if patch.full else self.read(whole, patch)
-        if patch.layout == NCHW:
+        full = self.value(tensor) if patch.full else self.read(whole, patch)
+        if patch.layout == NHWC:
             return full
         return self.b.op("Transpose", full, perm=list(np.argsort(patch.layout.to_internal)))
 
     def constant(self, name: str, perm: list[int] | None = None, rank: int = 4) -> str:
         """A model tensor that does not depend on the image, copied into the loop body once; with
-        `perm`, raised to rank 4 and transposed by it (a per-channel operand of an NHWC tensor, laid
+        `perm`, raised to rank 4 and transposed by it (a per-channel operand of an NCHW tensor, laid
         out as the patches are)."""
         if name == "":
             return ""
@@ -162,8 +189,8 @@ class PatchedChunk:
         """The padded clean tensor with the chunk's patches of the same tensor below it."""
         b = self.b
         if r.tensor not in self.flat:  # one copy of the patches however many paddings read them
-            patches = b.op("Transpose", self.values[r.tensor], perm=[0, 2, 3, 1])
-            self.flat[r.tensor] = b.op("Reshape", patches, b.ints(-1, self.region.patches[r.tensor].channels))
+            self.flat[r.tensor] = b.op("Reshape", self.value(r.tensor),
+                                       b.ints(-1, self.region.patches[r.tensor].channels))
         if r.padding not in self.stacked:
             self.stacked[r.padding] = b.op("Concat", source, self.flat[r.tensor], axis=0)
         return self.stacked[r.padding]

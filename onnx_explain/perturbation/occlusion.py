@@ -6,7 +6,7 @@ window changes only (incremental.py); "auto" picks it when it takes fewer FLOPs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,12 @@ import onnx
 from onnx_explain.core.graph import Builder, value
 from onnx_explain.core.result import Explanation, Map
 from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
+from onnx_explain.perturbation.blocks import Plan, plan
 from onnx_explain.perturbation.classifier import Classifier, classifier
 from onnx_explain.perturbation.dispatch import explain
 from onnx_explain.perturbation.incremental import FILL, PatchedChunk, clean_reads, padded_sources
 from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Settings, method
-from onnx_explain.perturbation.patches import Region, region, window_starts
+from onnx_explain.perturbation.patches import window_starts
 from onnx_explain.perturbation.scoring import (
     check_score,
     image_inputs,
@@ -83,17 +84,17 @@ def run_occlusion(model: Classifier, images: np.ndarray, targets: np.ndarray, se
 
 def occlusion_plan(model: str | Path | onnx.ModelProto | Classifier, *, window: int | Sequence[int],
                    stride: int | Sequence[int], score: str = "prob", incremental: bool | str = "auto"
-                   ) -> tuple[bool, Region]:
-    """(whether the incremental plan runs, its region): `incremental` "auto" takes it when it needs fewer
-    FLOPs per window than running the whole model on every occluded image."""
+                   ) -> tuple[bool, Plan]:
+    """(whether the incremental plan runs, the plan): `incremental` "auto" takes it when it needs fewer
+    FLOPs than running the whole model on every occluded image."""
     if not (isinstance(incremental, (bool, np.bool_)) or (isinstance(incremental, str) and incremental == "auto")):
         raise ValueError(f"incremental must be one of {PLANS}, got {incremental!r}")
     model = classifier(model)
     window, stride = _pair(window, "window"), _pair(stride, "stride")
     if window[0] > model.size[0] or window[1] > model.size[1]:
         raise ValueError(f"window {list(window)} is larger than the image {list(model.size)}")
-    found = region(model, (score_tensor(model, check_score(score)),), window, stride)
-    chosen = bool(found.steps) and found.flop_ratio < 1 if incremental == "auto" else bool(incremental)
+    found = plan(model, (score_tensor(model, check_score(score)),), window, stride)
+    chosen = found.steps and found.flop_ratio < 1 if incremental == "auto" else bool(incremental)
     return chosen, found
 
 
@@ -143,36 +144,19 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
 
     b = Builder()
     images, targets = "images", "targets"
-    reads = clean_reads(patched) if chosen else []
+    reads = clean_reads(patched.regions) if chosen else []
     logits, base, clean = image_scores(b, model, score, reads)
     explained = resolve_targets(b, base, targets)
     fill = _baseline(b, model, images, baseline, min(wh, ww))
+    n = b.op("Gather", b.op("Shape", images), b.ints(0), axis=0)
+    images_per_run = budget(model, batch_size)  # bounds memory: a chunk of patches takes no more than these images
     if chosen:
         full_fill = b.op("Expand", fill, b.op("Shape", images))
         clean_tensors = {model.image: images, FILL: full_fill, **dict(zip(reads, clean, strict=True))}
-        sources = padded_sources(b, patched, clean_tensors)
-    # window w covers rows[w // nw] x cols[w % nw]; each row of these is one window's indicator
-    row_of = b.const(np.repeat(rows, len(cols), axis=0))
-    col_of = b.const(np.tile(cols, (len(rows), 1)))
-    count = len(rows) * len(cols)
-    n = b.op("Gather", b.op("Shape", images), b.ints(0), axis=0)
-    images_per_run = budget(model, batch_size)  # bounds memory: a chunk of patches takes no more than these images
-    per_chunk = patched.windows_per_image(images_per_run) if chosen else images_per_run
-    trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), per_chunk)
-
-    def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
-        windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
-        if chosen:
-            return [], [PatchedChunk(bb, model, patched, sources, windows, n, len(cols)).scores(explained, score, n)]
-        inside = bb.op("Mul", bb.op("Unsqueeze", bb.op("Gather", row_of, windows), bb.ints(2)),
-                       bb.op("Unsqueeze", bb.op("Gather", col_of, windows), bb.ints(1)))  # [chunk, H, W]
-        inside = pixel_masks(bb, model, inside)
-        shown = bb.op("Unsqueeze", images, bb.ints(0))
-        occluded = bb.op("Add", shown, bb.op("Mul", inside, bb.op("Sub", bb.op("Unsqueeze", fill, bb.ints(0)), shown)))
-        return [], [perturbed_scores(bb, model, occluded, n, explained, score)]  # [chunk, N]
-
-    occluded, = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT])
-    occluded = b.op("Slice", merge_leading(b, occluded), b.ints(0), b.ints(count))  # [windows, N]
+        sources = padded_sources(b, patched.regions, clean_tensors)
+        occluded = _block_scores(b, model, patched, sources, n, explained, score, images_per_run)
+    else:
+        occluded = _full_scores(b, model, rows, cols, images, fill, n, explained, score, images_per_run)
     drop = b.op("Sub", b.op("Unsqueeze", target_scores(b, base, explained), b.ints(1)),
                 b.op("Transpose", occluded, perm=[1, 0]))
     grid = b.op("Reshape", drop, b.ints(-1, len(rows), len(cols)))
@@ -185,6 +169,51 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
                value(b.named(grid, "grid"), float_, ["N", len(rows), len(cols)]),
                value(b.named(raw, "raw"), float_, size), value(b.named(heatmap, "heatmap"), float_, size)]
     return model_proto(b, model, image_inputs(model), outputs, "occlusion")
+
+
+def _chunked(b: Builder, count: int, n: str, per_chunk: int, body: Callable[[Builder, str], str]) -> str:
+    """[count, N]: body(builder, windows) scores a chunk of windows (int64 [chunk], indices below count)."""
+    trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), per_chunk)
+
+    def loop_body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
+        windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
+        return [], [body(bb, windows)]
+
+    scores, = chunk_loop(b, trips, loop_body, [], [onnx.TensorProto.FLOAT])
+    return b.op("Slice", merge_leading(b, scores), b.ints(0), b.ints(count))
+
+
+def _full_scores(b: Builder, model: Classifier, rows: np.ndarray, cols: np.ndarray, images: str, fill: str, n: str,
+                 explained: str, score: str, per_chunk: int) -> str:
+    """[windows, N]: the whole model on every occluded image."""
+    # window w covers rows[w // nw] x cols[w % nw]; each row of these is one window's indicator
+    row_of = b.const(np.repeat(rows, len(cols), axis=0))
+    col_of = b.const(np.tile(cols, (len(rows), 1)))
+
+    def body(bb: Builder, windows: str) -> str:
+        inside = bb.op("Mul", bb.op("Unsqueeze", bb.op("Gather", row_of, windows), bb.ints(2)),
+                       bb.op("Unsqueeze", bb.op("Gather", col_of, windows), bb.ints(1)))  # [chunk, H, W]
+        inside = pixel_masks(bb, model, inside)
+        shown = bb.op("Unsqueeze", images, bb.ints(0))
+        occluded = bb.op("Add", shown, bb.op("Mul", inside, bb.op("Sub", bb.op("Unsqueeze", fill, bb.ints(0)), shown)))
+        return perturbed_scores(bb, model, occluded, n, explained, score)  # [chunk, N]
+
+    return _chunked(b, len(rows) * len(cols), n, per_chunk, body)
+
+
+def _block_scores(b: Builder, model: Classifier, patched: Plan, sources: dict[tuple, str], n: str, explained: str,
+                  score: str, images: int) -> str:
+    """[windows, N]: the incremental plan, a loop per block; a chunk takes the memory of `images`
+    occluded images through the full model."""
+    scores, order = [], []
+    for block in patched.blocks:
+        def body(bb: Builder, windows: str, block=block) -> str:
+            chunk = PatchedChunk(bb, model, block.region, sources, windows, n, len(block.cols))
+            return chunk.scores(explained, score, n)
+
+        order.append(block.windows(patched.columns))
+        scores.append(_chunked(b, len(order[-1]), n, block.region.windows_per_image(images), body))
+    return b.op("Gather", b.op("Concat", *scores, axis=0), b.const(np.argsort(np.concatenate(order)), "int64"))
 
 
 def _fill(baseline: object) -> float | str:

@@ -66,8 +66,10 @@ class Layout:
 
     @property
     def to_internal(self) -> list[int]:
-        """The permutation to [batch, channels, height, width], the layout patches are kept in."""
-        return [0, self.channel, self.height, self.width]
+        """The permutation to [batch, height, width, channels], the layout patches are kept in: there a
+        read is one Gather, and ONNX Runtime's blocked convolutions take and give it without a
+        separate transpose."""
+        return [0, self.height, self.width, self.channel]
 
 
 NCHW, NHWC = Layout(1, 2, 3), Layout(3, 1, 2)
@@ -76,7 +78,7 @@ NCHW, NHWC = Layout(1, 2, 3), Layout(3, 1, 2)
 @dataclass(frozen=True)
 class Patch:
     """A tensor's patches: rows and cols along the image's height and width axes, wherever the
-    tensor keeps them; internally every patch is [windows x images, channels, rows, cols]."""
+    tensor keeps them; internally every patch is [windows x images, rows, cols, channels]."""
 
     rows: Span
     cols: Span
@@ -118,7 +120,7 @@ class Step:
     """One node of the model run on patches: `reads` maps an input's index to how it is read (the
     other inputs are the model's constants); `attributes` replace the node's own (None drops one);
     `macs` per window; `relaid` maps a constant operand's index to its rank where it must be laid out
-    as the patches are (a per-channel constant of an NHWC tensor)."""
+    as the patches are (a per-channel constant of an NCHW tensor)."""
 
     node: onnx.NodeProto
     reads: dict[int, Read]
@@ -163,32 +165,21 @@ def window_starts(size: int, window: int, stride: int) -> np.ndarray:
     return np.arange(0, size - window + 1, stride)
 
 
-def region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], stride: tuple[int, int]) -> Region:
-    """The incremental plan for the windows `window` moved by `stride`, computing the model's `outputs`."""
-    return _region(model, outputs, window, stride)
+def region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], rows: tuple[int, ...],
+           cols: tuple[int, ...]) -> Region:
+    """The incremental plan of the windows `window` large that start at `rows` x `cols` (pixels),
+    computing the model's `outputs`."""
+    return _region(model, outputs, window, rows, cols)
 
 
-@lru_cache(maxsize=8)
-def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], stride: tuple[int, int]) -> Region:
+@lru_cache(maxsize=64)
+def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], rows: tuple[int, ...],
+            cols: tuple[int, ...]) -> Region:
     graph = model.model.graph
     shapes = _shapes(model)
     nodes = needed_nodes(graph, outputs, ())
-    static = _static(graph, nodes)
-    layout = NCHW if model.layout == "NCHW" else NHWC
-    (height, width), channels = model.size, model.channels
-    rows, cols = (window_starts(size, w, s) for size, w, s in zip((height, width), window, stride, strict=True))
-    patches = {model.image: Patch(span(height, rows, rows + window[0]), span(width, cols, cols + window[1]),
-                                  layout, channels)}
-    steps, ended = [], set()
-    for node in nodes:
-        if not any(i in patches for i in node.input) or any(i in ended for i in node.input):
-            continue
-        step = _step(node, patches, static, shapes)
-        if step is not None:
-            steps.append(step)
-            patches[node.output[0]] = step.out
-            if step.out.full:
-                ended.add(node.output[0])
+    static = static_tensors(graph, nodes)
+    steps, patches = spread(model, nodes, static, window, rows, cols)
     in_region = {id(s.node) for s in steps}
     read_outside = {i for n in nodes if id(n) not in in_region for i in (*n.input, *outer_names(n))} | set(outputs)
     frontier = tuple(t for t in patches if t in read_outside)
@@ -203,6 +194,29 @@ def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int]
                      default=1)
     return Region(patches, tuple(steps), frontier, macs, sum(_macs(n, shapes) for n in dynamic), patch_peak,
                   full_peak)
+
+
+def spread(model: Classifier, nodes: list[onnx.NodeProto], static: set[str], window: tuple[int, int],
+           rows: tuple[int, ...], cols: tuple[int, ...], through_full: bool = False) -> tuple[list[Step], dict]:
+    """(steps, patches): the windows' patches carried through `nodes` in graph order, up to where a
+    patch covers its map (on through such patches too when `through_full`) or no rule applies."""
+    layout = NCHW if model.layout == "NCHW" else NHWC
+    (height, width), channels = model.size, model.channels
+    rows, cols = np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
+    patches = {model.image: Patch(span(height, rows, rows + window[0]), span(width, cols, cols + window[1]),
+                                  layout, channels)}
+    shapes = _shapes(model)
+    steps, ended = [], set()
+    for node in nodes:
+        if not any(i in patches for i in node.input) or any(i in ended for i in node.input):
+            continue
+        step = _step(node, patches, static, shapes)
+        if step is not None:
+            steps.append(step)
+            patches[node.output[0]] = step.out
+            if step.out.full and not through_full:
+                ended.add(node.output[0])
+    return steps, patches
 
 
 def _step(node: onnx.NodeProto, patches: dict[str, Patch], static: set[str], shapes: dict) -> Step | None:
@@ -254,8 +268,9 @@ def _join(node, patches, static, shapes, dims) -> Step | None:
     out = Patch(rows, cols, layout, dims[layout.channel])
     reads = {k: Read(i, rows.start, rows.length, cols.start, cols.length) for k, i in enumerate(node.input)
              if i in patches}
-    relaid = {} if layout == NCHW else {k: len(shapes[i]) for k, i in enumerate(node.input) if i not in patches}
-    return Step(node, reads, {}, out, 0, relaid)
+    relaid = {} if layout == NHWC else {k: len(shapes[i]) for k, i in enumerate(node.input) if i not in patches}
+    attributes = {"axis": 3} if node.op_type == "Concat" else {}  # the channels of [B, rows, cols, C]
+    return Step(node, reads, attributes, out, 0, relaid)
 
 
 def _windowed(node, patches, shapes, dims) -> Step | None:
@@ -346,7 +361,7 @@ def _attribute(node: onnx.NodeProto, name: str, default):
     return value.decode() if isinstance(value, bytes) else list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _static(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[str]:
+def static_tensors(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[str]:
     """Tensors that do not depend on the image: initializers and what is computed from them alone."""
     static = {t.name for t in graph.initializer} | {""}
     for node in nodes:

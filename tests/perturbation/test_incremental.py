@@ -182,8 +182,10 @@ def test_nhwc_graph(grid, baseline):
     model = ox.classifier(proto)
     window, stride = grid
     run = Run(model, images(2, (3, 32, 32)), channels_last=True, window=window, stride=stride, baseline=baseline)
-    _, region = ox.perturbation.occlusion.occlusion_plan(model, window=window, stride=stride)
-    assert [s.node.op_type for s in region.steps][-6:] == ["Sigmoid", "Mul", "Transpose", "Mul", "Transpose", "Conv"]
+    _, plan = ox.perturbation.occlusion.occlusion_plan(model, window=window, stride=stride)
+    for block in plan.blocks:
+        assert [s.node.op_type for s in block.region.steps][-6:] == ["Sigmoid", "Mul", "Transpose", "Mul",
+                                                                     "Transpose", "Conv"]
     check_plans_agree(run, run.incremental, onnx_float64_scores(proto, channels_last=True), window, stride, baseline)
 
 

@@ -1,0 +1,108 @@
+"""The blocks of the window grid that incremental occlusion runs one at a time.
+
+A chunk of windows stacks their patches into one tensor, as long as the longest of them.  Near the
+image's borders a window's changed rectangle is clipped, and layer after layer its patches stay
+shorter than in the middle (on resnet18 at 224, window 32 stride 16, the corner windows' layer3
+patches are 8 rows of 14 where the middle's cover all 14).  So along each axis the window positions
+fall into a few classes whose patches have about the same lengths; each pair of a row class and a
+column class is a block, planned on its own (patches.Region) and run as its own loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from onnx_explain.core.graph import needed_nodes
+from onnx_explain.perturbation.classifier import Classifier
+from onnx_explain.perturbation.patches import Region, region, spread, static_tensors, window_starts
+
+# Classes per axis: each pair of classes is one more loop in the graph, and past three the FLOPs
+# saved are small (docs/performance.md).
+CLASSES_PER_AXIS = 3
+
+
+@dataclass(frozen=True)
+class Block:
+    """The windows at the row positions `rows` x the column positions `cols` (indices along each
+    axis of the grid), and their plan."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    region: Region
+
+    def windows(self, columns: int) -> np.ndarray:
+        """The block's windows in the grid's row-major numbering, row by row of the block."""
+        return (self.rows[:, None] * columns + self.cols[None, :]).ravel()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Incremental occlusion's plan for a window grid: its blocks, and the grid's columns."""
+
+    blocks: tuple[Block, ...]
+    columns: int
+
+    @property
+    def steps(self) -> bool:
+        """Whether any block runs a layer on patches."""
+        return any(block.region.steps for block in self.blocks)
+
+    @property
+    def flop_ratio(self) -> float:
+        """Incremental FLOPs / full FLOPs, over all windows."""
+        counts = [len(block.rows) * len(block.cols) for block in self.blocks]
+        incremental = sum(c * block.region.incremental_macs for c, block in zip(counts, self.blocks, strict=True))
+        return incremental / max(sum(counts) * self.blocks[0].region.full_macs, 1)
+
+    @property
+    def regions(self) -> list[Region]:
+        return [block.region for block in self.blocks]
+
+
+@lru_cache(maxsize=8)
+def plan(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], stride: tuple[int, int]) -> Plan:
+    """The blocks of the windows `window` moved by `stride` (captum's positions), computing `outputs`."""
+    starts = [window_starts(size, w, s) for size, w, s in zip(model.size, window, stride, strict=True)]
+    nodes = needed_nodes(model.model.graph, outputs, ())
+    steps, _ = spread(model, nodes, static_tensors(model.model.graph, nodes), window,
+                      *(tuple(int(v) for v in s) for s in starts), through_full=True)
+    conv = [s for s in steps if s.macs]
+    rows = _classes(np.array([s.out.rows.hi - s.out.rows.lo for s in conv]).T.reshape(len(starts[0]), -1),
+                    np.array([s.macs / s.out.rows.length for s in conv]))
+    cols = _classes(np.array([s.out.cols.hi - s.out.cols.lo for s in conv]).T.reshape(len(starts[1]), -1),
+                    np.array([s.macs / s.out.cols.length for s in conv]))
+    blocks = tuple(Block(r, c, region(model, outputs, window, tuple(int(v) for v in starts[0][r]),
+                                      tuple(int(v) for v in starts[1][c])))
+                   for r in rows for c in cols)
+    return Plan(blocks, len(starts[1]))
+
+
+def _classes(lengths: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
+    """Positions [positions, layers] of patch lengths into at most CLASSES_PER_AXIS classes, taking the
+    fewest multiply-adds when each class computes its longest patch at every layer (`weights`: per
+    unit of length).  Positions are ordered by their own cost, and the classes are runs of that order
+    (an exact dynamic programme over the cut points)."""
+    order = np.argsort(lengths @ weights, kind="stable")
+    n = len(order)
+    cost = np.full((n + 1, n + 1), np.inf)  # cost[i, j]: order[i:j] as one class
+    for i in range(n):
+        longest = np.zeros(lengths.shape[1])
+        for j in range(i + 1, n + 1):
+            longest = np.maximum(longest, lengths[order[j - 1]])
+            cost[i, j] = (j - i) * float(longest @ weights)
+    classes = min(CLASSES_PER_AXIS, len({tuple(r) for r in lengths}))
+    best, cut = np.full((classes + 1, n + 1), np.inf), np.zeros((classes + 1, n + 1), dtype=int)
+    best[0, 0] = 0.0
+    for k in range(1, classes + 1):
+        for j in range(1, n + 1):
+            options = best[k - 1, :j] + cost[:j, j]
+            cut[k, j] = int(np.argmin(options))
+            best[k, j] = options[cut[k, j]]
+    bounds, j = [], n
+    for k in range(classes, 0, -1):
+        bounds.append((cut[k, j], j))
+        j = cut[k, j]
+    return [np.sort(order[i:j]) for i, j in reversed(bounds)]

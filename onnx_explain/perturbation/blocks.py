@@ -17,7 +17,7 @@ import numpy as np
 
 from onnx_explain.core.graph import needed_nodes
 from onnx_explain.perturbation.classifier import Classifier
-from onnx_explain.perturbation.patches import Region, region, spread, static_tensors, window_starts
+from onnx_explain.perturbation.patches import Region, Span, region, spread, static_tensors, window_starts
 
 # Classes per axis: each pair of classes is one more loop in the graph, and past three the FLOPs
 # saved are small (docs/performance.md).
@@ -70,17 +70,22 @@ def plan(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], s
     steps, _ = spread(model, nodes, static_tensors(model.model.graph, nodes), window,
                       *(tuple(int(v) for v in s) for s in starts), through_full=True)
     conv = [s for s in steps if s.macs]
-    rows = _classes(np.array([s.out.rows.hi - s.out.rows.lo for s in conv]).T.reshape(len(starts[0]), -1),
-                    np.array([s.macs / s.out.rows.length for s in conv]))
-    cols = _classes(np.array([s.out.cols.hi - s.out.cols.lo for s in conv]).T.reshape(len(starts[1]), -1),
-                    np.array([s.macs / s.out.cols.length for s in conv]))
+    rows = position_classes(*_lengths([s.out.rows for s in conv], [s.macs for s in conv], len(starts[0])))
+    cols = position_classes(*_lengths([s.out.cols for s in conv], [s.macs for s in conv], len(starts[1])))
     blocks = tuple(Block(r, c, region(model, outputs, window, tuple(int(v) for v in starts[0][r]),
                                       tuple(int(v) for v in starts[1][c])))
                    for r in rows for c in cols)
     return Plan(blocks, len(starts[1]))
 
 
-def _classes(lengths: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
+def _lengths(spans: list[Span], macs: list[int], positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """[positions, layers] changed lengths along one axis, and each layer's multiply-adds per unit of
+    its stored length."""
+    lengths = np.array([s.hi - s.lo for s in spans]).T.reshape(positions, len(spans))
+    return lengths, np.array([m / s.length for s, m in zip(spans, macs, strict=True)])
+
+
+def position_classes(lengths: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
     """Positions [positions, layers] of patch lengths into at most CLASSES_PER_AXIS classes, taking the
     fewest multiply-adds when each class computes its longest patch at every layer (`weights`: per
     unit of length).  Positions are ordered by their own cost, and the classes are runs of that order

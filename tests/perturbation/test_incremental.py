@@ -19,6 +19,8 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import onnx_explain as ox
+from onnx_explain.perturbation.blocks import CLASSES_PER_AXIS, position_classes
+from onnx_explain.perturbation.patches import region, window_starts
 
 SIZE = 64
 RTOL = 1e-5
@@ -208,3 +210,27 @@ def test_chunks_and_fixed_batches_do_not_change_the_map(nets, tmp_path):
         got = ox.occlusion(model, x, batch_size=batch_size, **kwargs)["occlusion"]
         assert got.plan == "incremental"
         assert max(relative(got.raw[i], want[i]) for i in range(3)) < RTOL, (model.batch, batch_size)
+
+
+def test_blocks_cover_the_grid_once_and_save_flops(nets):
+    """Windows near the borders get blocks with shorter patches, and every window is in one block."""
+    _, model = nets("resnet18")
+    window, stride = 8, 4
+    _, plan = ox.perturbation.occlusion.occlusion_plan(model, window=window, stride=stride)
+    positions = len(window_starts(SIZE, window, stride))
+    windows = np.concatenate([block.windows(plan.columns) for block in plan.blocks])
+    assert sorted(windows.tolist()) == list(range(positions * positions))
+    assert len(plan.blocks) == CLASSES_PER_AXIS ** 2
+    lengths = {(block.region.steps[-1].out.rows.length, block.region.steps[-1].out.cols.length)
+               for block in plan.blocks}
+    assert len(lengths) > 1
+    starts = tuple(int(v) for v in window_starts(SIZE, window, stride))
+    single = region(model, (model.probabilities or model.scores,), (window, window), starts, starts)
+    assert plan.flop_ratio < single.flop_ratio
+
+
+def test_position_classes_take_the_fewest_multiply_adds():
+    lengths = np.array([[1, 2], [9, 9], [1, 2], [4, 5], [9, 9], [4, 6]])
+    classes = position_classes(lengths, np.array([1.0, 1.0]))
+    assert [c.tolist() for c in classes] == [[0, 2], [3, 5], [1, 4]]
+    assert [c.tolist() for c in position_classes(lengths[[0, 2]], np.array([1.0, 1.0]))] == [[0, 1]]  # one signature

@@ -19,7 +19,7 @@ class Map:
         (lrp_epsilon) or minus its change from the baseline (captum's convergence delta); else None.
     grid: for occlusion, the score drop per window position [N, nh, nw]; else None.
     plan, flop_ratio: for occlusion, the plan that ran ("incremental" or "full") and the incremental
-        plan's FLOPs over the full plan's, per window; else None.
+        plan's FLOPs over the full plan's, over all windows; else None.
     """
 
     method: str

@@ -5,7 +5,9 @@ image's borders a window's changed rectangle is clipped, and layer after layer i
 shorter than in the middle (on resnet18 at 224, window 32 stride 16, the corner windows' layer3
 patches are 8 rows of 14 where the middle's cover all 14).  So along each axis the window positions
 fall into a few classes whose patches have about the same lengths; each pair of a row class and a
-column class is a block, planned on its own (patches.Region) and run as its own loop.
+column class is a block, planned on its own (patches.Region).  Each trip of the occlusion loop runs a
+chunk of every block on its patches, and their full tensors at the region's end through the rest of
+the model as one batch.
 """
 
 from __future__ import annotations
@@ -61,21 +63,30 @@ class Plan:
     def regions(self) -> list[Region]:
         return [block.region for block in self.blocks]
 
+    def windows_per_image(self, images: int) -> int:
+        """Windows of any blocks that, run together, take the memory of `images` occluded images
+        through the full model."""
+        return min(block.region.windows_per_image(images) for block in self.blocks)
+
 
 @lru_cache(maxsize=8)
 def plan(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], stride: tuple[int, int]) -> Plan:
-    """The blocks of the windows `window` moved by `stride` (captum's positions), computing `outputs`."""
-    starts = [window_starts(size, w, s) for size, w, s in zip(model.size, window, stride, strict=True)]
-    nodes = needed_nodes(model.model.graph, outputs, ())
-    steps, _ = spread(model, nodes, static_tensors(model.model.graph, nodes), window,
-                      *(tuple(int(v) for v in s) for s in starts), through_full=True)
+    """The blocks of the windows `window` moved by `stride` (captum's positions), computing `outputs`.
+    Every block runs the same nodes on patches as the whole grid would (so their frontier tensors
+    stack into one batch for the rest of the model); near the borders, on shorter patches."""
+    rows, cols = (tuple(int(v) for v in window_starts(size, w, s))
+                  for size, w, s in zip(model.size, window, stride, strict=True))
+    within = frozenset(s.node.output[0] for s in region(model, outputs, window, rows, cols).steps)
+    needed = needed_nodes(model.model.graph, outputs, ())
+    steps, _ = spread(model, [n for n in needed if n.output[0] in within], static_tensors(model.model.graph, needed),
+                      window, rows, cols)
     conv = [s for s in steps if s.macs]
-    rows = position_classes(*_lengths([s.out.rows for s in conv], [s.macs for s in conv], len(starts[0])))
-    cols = position_classes(*_lengths([s.out.cols for s in conv], [s.macs for s in conv], len(starts[1])))
-    blocks = tuple(Block(r, c, region(model, outputs, window, tuple(int(v) for v in starts[0][r]),
-                                      tuple(int(v) for v in starts[1][c])))
-                   for r in rows for c in cols)
-    return Plan(blocks, len(starts[1]))
+    row_classes = position_classes(*_lengths([s.out.rows for s in conv], [s.macs for s in conv], len(rows)))
+    col_classes = position_classes(*_lengths([s.out.cols for s in conv], [s.macs for s in conv], len(cols)))
+    blocks = tuple(Block(r, c, region(model, outputs, window, tuple(rows[i] for i in r), tuple(cols[i] for i in c),
+                                      within))
+                   for r in row_classes for c in col_classes)
+    return Plan(blocks, len(cols))
 
 
 def _lengths(spans: list[Span], macs: list[int], positions: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,6 @@ import onnx
 from onnx_explain.core.graph import Builder, inline
 from onnx_explain.perturbation.classifier import Classifier
 from onnx_explain.perturbation.patches import NHWC, POINTWISE, Patch, Read, Region, Step, stored
-from onnx_explain.perturbation.scoring import chunk_scores
 
 CHANNELS_FIRST = {"Conv", "MaxPool", "AveragePool", "BatchNormalization"}  # ops that take [B, C, rows, cols]
 FILL = "occlusion fill"  # the key of the baseline's full images among the clean tensors
@@ -59,11 +58,12 @@ def padded_sources(b: Builder, regions: Sequence[Region], clean: dict[str, str])
 
 
 class PatchedChunk:
-    """The nodes of one chunk of windows, inside the occlusion loop's body."""
+    """The nodes of one chunk of a block's windows, inside the occlusion loop's body; `constants` is the
+    body's cache of the model's constants, which the blocks' chunks share."""
 
     def __init__(self, b: Builder, model: Classifier, region: Region, sources: dict[tuple, str], windows: str,
-                 n: str, columns: int) -> None:
-        self.b, self.model, self.region, self.sources = b, model, region, sources
+                 n: str, columns: int, constants: dict[tuple, str]) -> None:
+        self.b, self.model, self.region, self.sources, self.constants = b, model, region, sources, constants
         per_window = b.op("Concat", b.op("Shape", windows), n, axis=0)  # [chunk, N]
 
         def spread(t: str, axis: int) -> str:  # [chunk] or [N] -> [chunk x N], window-major
@@ -78,16 +78,15 @@ class PatchedChunk:
         self.first: dict[str, str] = {}  # outputs of channels-first ops, [chunk x N, C, rows, cols]
         self.stacked: dict[tuple, str] = {}
         self.flat: dict[str, str] = {}
-        self.constants: dict[tuple, str] = {}
 
-    def scores(self, targets: str, score: str, n: str) -> str:
-        """Target scores [chunk, N] of the chunk's occluded images."""
+    def frontier(self) -> dict[str, str]:
+        """The region's frontier tensors in full, [chunk x N, ...] in the model's layout, from which the
+        rest of the model runs."""
         patch = self.region.patches[self.region.image]
         self.values[self.region.image] = self.read(stored(FILL, patch), patch, patched=False)
         for step in self.region.steps:
             self.run(step)
-        bindings = {t: self.written_back(t) for t in self.region.frontier}
-        return chunk_scores(self.b, self.model, bindings, n, targets, score)
+        return {t: self.written_back(t) for t in self.region.frontier}
 
     def run(self, step: Step) -> None:
         """One node of the model on the chunk's patches.  A convolution's or pooling's output is also

@@ -14,7 +14,14 @@ import onnx
 
 from onnx_explain.core.graph import Builder, value
 from onnx_explain.core.result import Explanation, Map
-from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
+from onnx_explain.perturbation.batching import (
+    balanced_chunk,
+    budget,
+    ceil_div,
+    chunk_loop,
+    clipped_range,
+    merge_leading,
+)
 from onnx_explain.perturbation.blocks import Plan, plan
 from onnx_explain.perturbation.classifier import Classifier, classifier
 from onnx_explain.perturbation.dispatch import explain
@@ -23,6 +30,7 @@ from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Setting
 from onnx_explain.perturbation.patches import window_starts
 from onnx_explain.perturbation.scoring import (
     check_score,
+    chunk_scores,
     image_inputs,
     image_scores,
     min_max,
@@ -123,7 +131,7 @@ def occlusion(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarr
         Explanation whose ["occlusion"] map has raw [N, H, W], the mean score drop over the windows
         covering each pixel (0 where no window does), grid [N, nh, nw], the drop per window position,
         heatmap, the positive part of raw scaled to [0, 1], plan ("incremental" or "full") and
-        flop_ratio (incremental FLOPs / full FLOPs per window).
+        flop_ratio (incremental FLOPs / full FLOPs, over all windows).
     """
     return explain(model, images, "occlusion", targets, score=score, batch_size=batch_size, providers=providers,
                    window=window, stride=stride, baseline=baseline, incremental=incremental)
@@ -203,17 +211,31 @@ def _full_scores(b: Builder, model: Classifier, rows: np.ndarray, cols: np.ndarr
 
 def _block_scores(b: Builder, model: Classifier, patched: Plan, sources: dict[tuple, str], n: str, explained: str,
                   score: str, images: int) -> str:
-    """[windows, N]: the incremental plan, a loop per block; a chunk takes the memory of `images`
-    occluded images through the full model."""
-    scores, order = [], []
-    for block in patched.blocks:
-        def body(bb: Builder, windows: str, block=block) -> str:
-            chunk = PatchedChunk(bb, model, block.region, sources, windows, n, len(block.cols))
-            return chunk.scores(explained, score, n)
+    """[windows, N]: the incremental plan.  Each trip takes a chunk of every block (as many trips for
+    each), runs them on patches, and the rest of the model on their frontier tensors stacked; a trip
+    takes the memory of `images` occluded images through the full model."""
+    counts = [len(block.rows) * len(block.cols) for block in patched.blocks]
+    trips, _ = balanced_chunk(b, b.const(sum(counts), "int64"), b.op("Squeeze", n, b.ints(0)),
+                              patched.windows_per_image(images))
+    chunks = [ceil_div(b, b.const(count, "int64"), trips) for count in counts]
 
-        order.append(block.windows(patched.columns))
-        scores.append(_chunked(b, len(order[-1]), n, block.region.windows_per_image(images), body))
-    return b.op("Gather", b.op("Concat", *scores, axis=0), b.const(np.argsort(np.concatenate(order)), "int64"))
+    def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
+        constants: dict[tuple, str] = {}
+        frontiers = []
+        for block, count, chunk in zip(patched.blocks, counts, chunks, strict=True):
+            windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
+            frontiers.append(PatchedChunk(bb, model, block.region, sources, windows, n, len(block.cols),
+                                          constants).frontier())
+        stacked = {t: bb.op("Concat", *(f[t] for f in frontiers), axis=0) for t in frontiers[0]}
+        scores = chunk_scores(bb, model, stacked, n, explained, score)  # [chunks of every block, N]
+        sizes = bb.op("Concat", *(bb.op("Unsqueeze", c, bb.ints(0)) for c in chunks), axis=0)
+        return [], bb.op("Split", scores, sizes, axis=0, outputs=len(chunks)) if len(chunks) > 1 else [scores]
+
+    per_block = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT] * len(counts))
+    scores = [b.op("Slice", merge_leading(b, s), b.ints(0), b.ints(count)) for s, count in zip(per_block, counts,
+                                                                                               strict=True)]
+    order = np.concatenate([block.windows(patched.columns) for block in patched.blocks])
+    return b.op("Gather", b.op("Concat", *scores, axis=0), b.const(np.argsort(order), "int64"))
 
 
 def _fill(baseline: object) -> float | str:

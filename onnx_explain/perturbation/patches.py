@@ -151,7 +151,7 @@ class Region:
 
     @property
     def flop_ratio(self) -> float:
-        """Incremental FLOPs / full FLOPs per window."""
+        """Incremental FLOPs / full FLOPs per window of this region."""
         return self.incremental_macs / max(self.full_macs, 1)
 
     def windows_per_image(self, images: int) -> int:
@@ -166,20 +166,21 @@ def window_starts(size: int, window: int, stride: int) -> np.ndarray:
 
 
 def region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], rows: tuple[int, ...],
-           cols: tuple[int, ...]) -> Region:
+           cols: tuple[int, ...], within: frozenset[str] | None = None) -> Region:
     """The incremental plan of the windows `window` large that start at `rows` x `cols` (pixels),
-    computing the model's `outputs`."""
-    return _region(model, outputs, window, rows, cols)
+    computing the model's `outputs`; with `within`, only the nodes with those outputs run on patches."""
+    return _region(model, outputs, window, rows, cols, within)
 
 
 @lru_cache(maxsize=64)
 def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], rows: tuple[int, ...],
-            cols: tuple[int, ...]) -> Region:
+            cols: tuple[int, ...], within: frozenset[str] | None) -> Region:
     graph = model.model.graph
     shapes = _shapes(model)
     nodes = needed_nodes(graph, outputs, ())
     static = static_tensors(graph, nodes)
-    steps, patches = spread(model, nodes, static, window, rows, cols)
+    allowed = nodes if within is None else [n for n in nodes if n.output[0] in within]
+    steps, patches = spread(model, allowed, static, window, rows, cols)
     in_region = {id(s.node) for s in steps}
     read_outside = {i for n in nodes if id(n) not in in_region for i in (*n.input, *outer_names(n))} | set(outputs)
     frontier = tuple(t for t in patches if t in read_outside)
@@ -197,9 +198,9 @@ def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int]
 
 
 def spread(model: Classifier, nodes: list[onnx.NodeProto], static: set[str], window: tuple[int, int],
-           rows: tuple[int, ...], cols: tuple[int, ...], through_full: bool = False) -> tuple[list[Step], dict]:
+           rows: tuple[int, ...], cols: tuple[int, ...]) -> tuple[list[Step], dict]:
     """(steps, patches): the windows' patches carried through `nodes` in graph order, up to where a
-    patch covers its map (on through such patches too when `through_full`) or no rule applies."""
+    patch covers its map or no rule applies."""
     layout = NCHW if model.layout == "NCHW" else NHWC
     (height, width), channels = model.size, model.channels
     rows, cols = np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
@@ -214,7 +215,7 @@ def spread(model: Classifier, nodes: list[onnx.NodeProto], static: set[str], win
         if step is not None:
             steps.append(step)
             patches[node.output[0]] = step.out
-            if step.out.full and not through_full:
+            if step.out.full:
                 ended.add(node.output[0])
     return steps, patches
 

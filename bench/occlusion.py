@@ -84,7 +84,7 @@ def _bench(net, model, name: str, size: int, window: int, stride: int, rounds: i
     medians = {k: statistics.median(v) for k, v in rows.items()}
     windows = ((size - window) // stride + 1) ** 2
     print(f"{name} {size}x{size}, window {window}, stride {stride}: {windows} windows; FLOP ratio {ratio:.3f} "
-          f"(incremental / full, per window); unit: one image of an ORT forward at batch {BATCH}; "
+          f"(incremental / full, over all windows); unit: one image of an ORT forward at batch {BATCH}; "
           f"median of {rounds} round(s)")
     for label, value in medians.items():
         print(f"  {label:42s} {value:9.1f} image-forwards per image")

@@ -1,6 +1,6 @@
 """Incremental occlusion's graph (Krypton: Nakandala, Kumar and Papakonstantinou, SIGMOD 2019): a chunk
 of windows runs the model's convolutional layers on patches only, as patches.py plans them, and the rest
-of the model on full tensors.
+of the model on full tensors.  Each trip of the loop takes a chunk of every block of blocks.py.
 
 Every patch is kept as [windows x images, rows, cols, channels], window-major.  A read gathers, for each
 window, the clean tensor's values on the rows and cols it needs with the tensor's patches pasted in: the
@@ -19,8 +19,11 @@ import numpy as np
 import onnx
 
 from onnx_explain.core.graph import Builder, inline
+from onnx_explain.perturbation.batching import balanced_chunk, ceil_div, chunk_loop, clipped_range, merge_leading
+from onnx_explain.perturbation.blocks import Plan
 from onnx_explain.perturbation.classifier import Classifier
 from onnx_explain.perturbation.patches import NHWC, POINTWISE, Patch, Read, Region, Step, stored
+from onnx_explain.perturbation.scoring import chunk_scores
 
 CHANNELS_FIRST = {"Conv", "MaxPool", "AveragePool", "BatchNormalization"}  # ops that take [B, C, rows, cols]
 FILL = "occlusion fill"  # the key of the baseline's full images among the clean tensors
@@ -55,6 +58,34 @@ def padded_sources(b: Builder, regions: Sequence[Region], clean: dict[str, str])
                                  b.const(fill), mode="constant")
         sources[tensor, pads, fill] = b.op("Reshape", channels_last, b.ints(-1, patch.channels))
     return sources
+
+
+def block_scores(b: Builder, model: Classifier, patched: Plan, sources: dict[tuple, str], n: str, explained: str,
+                 score: str, images: int) -> str:
+    """[windows, N]: the incremental plan.  Each trip takes a chunk of every block (as many trips for
+    each), runs them on patches, and the rest of the model on their frontier tensors stacked; a trip
+    takes the memory of `images` occluded images through the full model."""
+    counts = [len(block.rows) * len(block.cols) for block in patched.blocks]
+    trips, _ = balanced_chunk(b, b.const(sum(counts), "int64"), b.op("Squeeze", n, b.ints(0)),
+                              patched.windows_per_image(images))
+    chunks = [ceil_div(b, b.const(count, "int64"), trips) for count in counts]
+
+    def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
+        constants: dict[tuple, str] = {}
+        frontiers = []
+        for block, count, chunk in zip(patched.blocks, counts, chunks, strict=True):
+            windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
+            frontiers.append(PatchedChunk(bb, model, block.region, sources, windows, n, len(block.cols),
+                                          constants).frontier())
+        stacked = {t: bb.op("Concat", *(f[t] for f in frontiers), axis=0) for t in frontiers[0]}
+        scores = chunk_scores(bb, model, stacked, n, explained, score)  # [chunks of every block, N]
+        sizes = bb.op("Concat", *(bb.op("Unsqueeze", c, bb.ints(0)) for c in chunks), axis=0)
+        return [], bb.op("Split", scores, sizes, axis=0, outputs=len(chunks)) if len(chunks) > 1 else [scores]
+
+    per_block = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT] * len(counts))
+    scores = [b.op("Slice", merge_leading(b, s), b.ints(0), b.ints(c)) for s, c in zip(per_block, counts, strict=True)]
+    order = np.concatenate([block.windows(patched.columns) for block in patched.blocks])
+    return b.op("Gather", b.op("Concat", *scores, axis=0), b.const(np.argsort(order), "int64"))
 
 
 class PatchedChunk:

@@ -1,12 +1,12 @@
 """Occlusion sensitivity (Zeiler & Fergus 2014) as one ONNX graph around any classifier: the occluded
 batch is made in the graph, run through the model a chunk of windows at a time, and the score drops
 are spread back over the pixels.  The incremental plan runs the convolutional layers on the patches a
-window changes only (incremental.py); "auto" picks it when it takes fewer FLOPs."""
+window changes only (incremental.py); "auto" picks it when it saves a fifth of the FLOPs or more."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +14,15 @@ import onnx
 
 from onnx_explain.core.graph import Builder, value
 from onnx_explain.core.result import Explanation, Map
-from onnx_explain.perturbation.batching import (
-    balanced_chunk,
-    budget,
-    ceil_div,
-    chunk_loop,
-    clipped_range,
-    merge_leading,
-)
+from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
 from onnx_explain.perturbation.blocks import Plan, plan
 from onnx_explain.perturbation.classifier import Classifier, classifier
 from onnx_explain.perturbation.dispatch import explain
-from onnx_explain.perturbation.incremental import FILL, PatchedChunk, clean_reads, padded_sources
+from onnx_explain.perturbation.incremental import FILL, block_scores, clean_reads, padded_sources
 from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Settings, method
 from onnx_explain.perturbation.patches import window_starts
 from onnx_explain.perturbation.scoring import (
     check_score,
-    chunk_scores,
     image_inputs,
     image_scores,
     min_max,
@@ -47,6 +39,10 @@ from onnx_explain.perturbation.scoring import (
 BASELINES = ("mean", "blur")
 PLANS = ("auto", True, False)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# "auto" runs the incremental plan below this FLOP ratio: its read-ins and the tensors it writes back
+# move data that the FLOPs leave out, and near a ratio of 1 they cost more than the FLOPs saved
+# (docs/performance.md#occlusion).
+AUTO_RATIO = 0.8
 
 
 def _size(text: str) -> int:
@@ -71,7 +67,7 @@ def _plan_value(text: str) -> bool | str:
                                                           "mean colour) or 'blur' (a Gaussian blur) (default 0)"),
                  Option("incremental", _plan_value, "auto", "auto, true or false: whether the convolutional layers "
                                                             "run on the changed patches only (auto: where that "
-                                                            "takes fewer FLOPs)")))
+                                                            "saves a fifth of the FLOPs or more)")))
 def run_occlusion(model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings, *,
                   window: int | Sequence[int], stride: int | Sequence[int], baseline: float | str,
                   incremental: bool | str) -> Outcome:
@@ -93,8 +89,8 @@ def run_occlusion(model: Classifier, images: np.ndarray, targets: np.ndarray, se
 def occlusion_plan(model: str | Path | onnx.ModelProto | Classifier, *, window: int | Sequence[int],
                    stride: int | Sequence[int], score: str = "prob", incremental: bool | str = "auto"
                    ) -> tuple[bool, Plan]:
-    """(whether the incremental plan runs, the plan): `incremental` "auto" takes it when it needs fewer
-    FLOPs than running the whole model on every occluded image."""
+    """(whether the incremental plan runs, the plan): `incremental` "auto" takes it when it needs under
+    AUTO_RATIO of the FLOPs of running the whole model on every occluded image."""
     if not (isinstance(incremental, (bool, np.bool_)) or (isinstance(incremental, str) and incremental == "auto")):
         raise ValueError(f"incremental must be one of {PLANS}, got {incremental!r}")
     model = classifier(model)
@@ -102,7 +98,7 @@ def occlusion_plan(model: str | Path | onnx.ModelProto | Classifier, *, window: 
     if window[0] > model.size[0] or window[1] > model.size[1]:
         raise ValueError(f"window {list(window)} is larger than the image {list(model.size)}")
     found = plan(model, (score_tensor(model, check_score(score)),), window, stride)
-    chosen = found.steps and found.flop_ratio < 1 if incremental == "auto" else bool(incremental)
+    chosen = found.steps and found.flop_ratio < AUTO_RATIO if incremental == "auto" else bool(incremental)
     return chosen, found
 
 
@@ -124,7 +120,8 @@ def occlusion(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarr
         incremental: True runs the model's convolutional layers on the patches each window changes
             only, and the rest of the model (from global pooling, Flatten, Gemm or any op without a
             patch rule) on full tensors; the map is the same.  False runs the whole model on every
-            occluded image.  "auto" takes the plan with fewer FLOPs.
+            occluded image.  "auto" takes the incremental plan where it saves a fifth of the FLOPs or
+            more.
         targets, score, batch_size, providers: as for onnx_explain.explain.
 
     Returns:
@@ -162,7 +159,7 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
         full_fill = b.op("Expand", fill, b.op("Shape", images))
         clean_tensors = {model.image: images, FILL: full_fill, **dict(zip(reads, clean, strict=True))}
         sources = padded_sources(b, patched.regions, clean_tensors)
-        occluded = _block_scores(b, model, patched, sources, n, explained, score, images_per_run)
+        occluded = block_scores(b, model, patched, sources, n, explained, score, images_per_run)
     else:
         occluded = _full_scores(b, model, rows, cols, images, fill, n, explained, score, images_per_run)
     drop = b.op("Sub", b.op("Unsqueeze", target_scores(b, base, explained), b.ints(1)),
@@ -179,63 +176,26 @@ def occlusion_graph(model: str | Path | onnx.ModelProto | Classifier, *, window:
     return model_proto(b, model, image_inputs(model), outputs, "occlusion")
 
 
-def _chunked(b: Builder, count: int, n: str, per_chunk: int, body: Callable[[Builder, str], str]) -> str:
-    """[count, N]: body(builder, windows) scores a chunk of windows (int64 [chunk], indices below count)."""
-    trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), per_chunk)
-
-    def loop_body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
-        windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
-        return [], [body(bb, windows)]
-
-    scores, = chunk_loop(b, trips, loop_body, [], [onnx.TensorProto.FLOAT])
-    return b.op("Slice", merge_leading(b, scores), b.ints(0), b.ints(count))
-
-
 def _full_scores(b: Builder, model: Classifier, rows: np.ndarray, cols: np.ndarray, images: str, fill: str, n: str,
                  explained: str, score: str, per_chunk: int) -> str:
     """[windows, N]: the whole model on every occluded image."""
     # window w covers rows[w // nw] x cols[w % nw]; each row of these is one window's indicator
     row_of = b.const(np.repeat(rows, len(cols), axis=0))
     col_of = b.const(np.tile(cols, (len(rows), 1)))
+    count = len(rows) * len(cols)
+    trips, chunk = balanced_chunk(b, b.const(count, "int64"), b.op("Squeeze", n, b.ints(0)), per_chunk)
 
-    def body(bb: Builder, windows: str) -> str:
+    def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
+        windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
         inside = bb.op("Mul", bb.op("Unsqueeze", bb.op("Gather", row_of, windows), bb.ints(2)),
                        bb.op("Unsqueeze", bb.op("Gather", col_of, windows), bb.ints(1)))  # [chunk, H, W]
         inside = pixel_masks(bb, model, inside)
         shown = bb.op("Unsqueeze", images, bb.ints(0))
         occluded = bb.op("Add", shown, bb.op("Mul", inside, bb.op("Sub", bb.op("Unsqueeze", fill, bb.ints(0)), shown)))
-        return perturbed_scores(bb, model, occluded, n, explained, score)  # [chunk, N]
+        return [], [perturbed_scores(bb, model, occluded, n, explained, score)]  # [chunk, N]
 
-    return _chunked(b, len(rows) * len(cols), n, per_chunk, body)
-
-
-def _block_scores(b: Builder, model: Classifier, patched: Plan, sources: dict[tuple, str], n: str, explained: str,
-                  score: str, images: int) -> str:
-    """[windows, N]: the incremental plan.  Each trip takes a chunk of every block (as many trips for
-    each), runs them on patches, and the rest of the model on their frontier tensors stacked; a trip
-    takes the memory of `images` occluded images through the full model."""
-    counts = [len(block.rows) * len(block.cols) for block in patched.blocks]
-    trips, _ = balanced_chunk(b, b.const(sum(counts), "int64"), b.op("Squeeze", n, b.ints(0)),
-                              patched.windows_per_image(images))
-    chunks = [ceil_div(b, b.const(count, "int64"), trips) for count in counts]
-
-    def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
-        constants: dict[tuple, str] = {}
-        frontiers = []
-        for block, count, chunk in zip(patched.blocks, counts, chunks, strict=True):
-            windows, _valid = clipped_range(bb, i, chunk, bb.const(count, "int64"))
-            frontiers.append(PatchedChunk(bb, model, block.region, sources, windows, n, len(block.cols),
-                                          constants).frontier())
-        stacked = {t: bb.op("Concat", *(f[t] for f in frontiers), axis=0) for t in frontiers[0]}
-        scores = chunk_scores(bb, model, stacked, n, explained, score)  # [chunks of every block, N]
-        sizes = bb.op("Concat", *(bb.op("Unsqueeze", c, bb.ints(0)) for c in chunks), axis=0)
-        return [], bb.op("Split", scores, sizes, axis=0, outputs=len(chunks)) if len(chunks) > 1 else [scores]
-
-    per_block = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT] * len(counts))
-    scores = [b.op("Slice", merge_leading(b, s), b.ints(0), b.ints(count)) for s, count in zip(per_block, counts,
-                                                                                               strict=True)]
-    order = np.concatenate([block.windows(patched.columns) for block in patched.blocks])
-    return b.op("Gather", b.op("Concat", *scores, axis=0), b.const(np.argsort(order), "int64"))
+    scores, = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT])
+    return b.op("Slice", merge_leading(b, scores), b.ints(0), b.ints(count))
 
 
 def _fill(baseline: object) -> float | str:

@@ -1,13 +1,12 @@
-"""The blocks of the window grid that incremental occlusion runs one at a time.
+"""The window grid of incremental occlusion in blocks whose windows share patch sizes.
 
 A chunk of windows stacks their patches into one tensor, as long as the longest of them.  Near the
 image's borders a window's changed rectangle is clipped, and layer after layer its patches stay
-shorter than in the middle (on resnet18 at 224, window 32 stride 16, the corner windows' layer3
-patches are 8 rows of 14 where the middle's cover all 14).  So along each axis the window positions
-fall into a few classes whose patches have about the same lengths; each pair of a row class and a
-column class is a block, planned on its own (patches.Region).  Each trip of the occlusion loop runs a
-chunk of every block on its patches, and their full tensors at the region's end through the rest of
-the model as one batch.
+shorter than in the middle, where the deepest patched layers are covered whole (docs/performance.md,
+"Blocks").  So along each axis the window positions fall into a few classes whose patches have about
+the same lengths; each pair of a row class and a column class is a block, planned on its own
+(patches.Region).  Each trip of the occlusion loop runs a chunk of every block on its patches, and
+their full tensors at the region's end through the rest of the model as one batch.
 """
 
 from __future__ import annotations

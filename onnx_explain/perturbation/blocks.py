@@ -16,16 +16,15 @@ from functools import lru_cache
 
 import numpy as np
 
-from onnx_explain.core.graph import needed_nodes
 from onnx_explain.perturbation.classifier import Classifier
-from onnx_explain.perturbation.patches import Region, Span, region, spread, static_tensors, window_starts
+from onnx_explain.perturbation.patches import Region, Span, region, window_starts
 
-# Classes per axis: each pair of classes is one more loop in the graph, and past three the FLOPs
-# saved are small (docs/performance.md).
+# Classes per axis: each pair of classes is one more copy of the patched layers in the loop body, and
+# past three the FLOPs saved are small (docs/performance.md).
 CLASSES_PER_AXIS = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Block:
     """The windows at the row positions `rows` x the column positions `cols` (indices along each
     axis of the grid), and their plan."""
@@ -47,7 +46,7 @@ class Plan:
     columns: int
 
     @property
-    def steps(self) -> bool:
+    def patched(self) -> bool:
         """Whether any block runs a layer on patches."""
         return any(block.region.steps for block in self.blocks)
 
@@ -75,11 +74,9 @@ def plan(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int], s
     stack into one batch for the rest of the model); near the borders, on shorter patches."""
     rows, cols = (tuple(int(v) for v in window_starts(size, w, s))
                   for size, w, s in zip(model.size, window, stride, strict=True))
-    within = frozenset(s.node.output[0] for s in region(model, outputs, window, rows, cols).steps)
-    needed = needed_nodes(model.model.graph, outputs, ())
-    steps, _ = spread(model, [n for n in needed if n.output[0] in within], static_tensors(model.model.graph, needed),
-                      window, rows, cols)
-    conv = [s for s in steps if s.macs]
+    whole = region(model, outputs, window, rows, cols)
+    within = frozenset(s.node.output[0] for s in whole.steps)
+    conv = [s for s in whole.steps if s.macs]
     row_classes = position_classes(*_lengths([s.out.rows for s in conv], [s.macs for s in conv], len(rows)))
     col_classes = position_classes(*_lengths([s.out.cols for s in conv], [s.macs for s in conv], len(cols)))
     blocks = tuple(Block(r, c, region(model, outputs, window, tuple(rows[i] for i in r), tuple(cols[i] for i in c),
@@ -98,9 +95,9 @@ def _lengths(spans: list[Span], macs: list[int], positions: int) -> tuple[np.nda
 def position_classes(lengths: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
     """Positions [positions, layers] of patch lengths into at most CLASSES_PER_AXIS classes, taking the
     fewest multiply-adds when each class computes its longest patch at every layer (`weights`: per
-    unit of length).  Positions are ordered by their own cost, and the classes are runs of that order
-    (an exact dynamic programme over the cut points)."""
-    order = np.argsort(lengths @ weights, kind="stable")
+    unit of length), among the classes that are runs of the positions ordered by their own cost (an
+    exact dynamic programme over the cut points)."""
+    order = np.lexsort((*lengths.T[::-1], lengths @ weights))  # by cost, equal positions side by side
     n = len(order)
     cost = np.full((n + 1, n + 1), np.inf)  # cost[i, j]: order[i:j] as one class
     for i in range(n):

@@ -6,9 +6,10 @@ Every patch is kept as [windows x images, rows, cols, channels], window-major.  
 window, the clean tensor's values on the rows and cols it needs with the tensor's patches pasted in: the
 clean tensor (padded once, before the loop, channels last, flattened to [images x rows x cols,
 channels]) and the chunk's patches are stacked, and one Gather picks from either, row by row of
-channels.  Convolutions and pooling take NCHW, so each is wrapped in a pair of Transposes, which ONNX
-Runtime folds into the reorders of its blocked kernels.  Everything is plain ONNX, so it runs on every
-execution provider.
+channels.  Convolutions, pooling and batch norm take NCHW, so each is wrapped in a pair of Transposes,
+which ONNX Runtime folds into the reorders of its blocked kernels; the Transpose back waits until
+after the element-wise ops that follow (Relu), so that ONNX Runtime can still fuse them.  Everything is
+plain ONNX, so it runs on every execution provider.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import numpy as np
 import onnx
 
 from onnx_explain.core.graph import Builder, inline
-from onnx_explain.perturbation.batching import balanced_chunk, ceil_div, chunk_loop, clipped_range, merge_leading
+from onnx_explain.perturbation.batching import ceil_div, chunk_loop, clipped_range, merge_leading
 from onnx_explain.perturbation.blocks import Plan
 from onnx_explain.perturbation.classifier import Classifier
-from onnx_explain.perturbation.patches import NHWC, POINTWISE, Patch, Read, Region, Step, stored
+from onnx_explain.perturbation.patches import NCHW, NHWC, POINTWISE, Patch, Read, Region, Step, stored
 from onnx_explain.perturbation.scoring import chunk_scores
 
 CHANNELS_FIRST = {"Conv", "MaxPool", "AveragePool", "BatchNormalization"}  # ops that take [B, C, rows, cols]
@@ -64,10 +65,14 @@ def block_scores(b: Builder, model: Classifier, patched: Plan, sources: dict[tup
                  score: str, images: int) -> str:
     """[windows, N]: the incremental plan.  Each trip takes a chunk of every block (as many trips for
     each), runs them on patches, and the rest of the model on their frontier tensors stacked; a trip
-    takes the memory of `images` occluded images through the full model."""
+    takes the memory of `images` occluded images through the full model, or of one window of each
+    block where that is more."""
     counts = [len(block.rows) * len(block.cols) for block in patched.blocks]
-    trips, _ = balanced_chunk(b, b.const(sum(counts), "int64"), b.op("Squeeze", n, b.ints(0)),
-                              patched.windows_per_image(images))
+    one = b.const(1, "int64")
+    fit = b.op("Max", b.op("Div", b.const(patched.windows_per_image(images), "int64"),
+                           b.op("Squeeze", n, b.ints(0))), one)  # windows of all N images per trip
+    fit = b.op("Min", fit, b.const(sum(counts), "int64"))
+    trips = b.op("Gather", b.const(fewest_trips(counts), "int64"), fit)
     chunks = [ceil_div(b, b.const(count, "int64"), trips) for count in counts]
 
     def body(bb: Builder, i: str, _: list[str]) -> tuple[list[str], list[str]]:
@@ -86,6 +91,15 @@ def block_scores(b: Builder, model: Classifier, patched: Plan, sources: dict[tup
     scores = [b.op("Slice", merge_leading(b, s), b.ints(0), b.ints(c)) for s, c in zip(per_block, counts, strict=True)]
     order = np.concatenate([block.windows(patched.columns) for block in patched.blocks])
     return b.op("Gather", b.op("Concat", *scores, axis=0), b.const(np.argsort(order), "int64"))
+
+
+def fewest_trips(counts: list[int]) -> np.ndarray:
+    """[windows + 1]: for each number k of windows a trip may hold, the fewest trips whose chunks (a
+    block of c windows in chunks of ceil(c / trips)) hold at most max(k, blocks) windows."""
+    trips = np.arange(1, sum(counts) + 1)
+    per_trip = sum(-(-c // trips) for c in counts)  # windows a trip holds, falling with the trips
+    allowed = np.maximum(np.arange(sum(counts) + 1), len(counts))
+    return np.searchsorted(-per_trip, -allowed) + 1
 
 
 class PatchedChunk:
@@ -120,9 +134,9 @@ class PatchedChunk:
         return {t: self.written_back(t) for t in self.region.frontier}
 
     def run(self, step: Step) -> None:
-        """One node of the model on the chunk's patches.  A convolution's or pooling's output is also
-        kept as it comes, channels first, for the element-wise ops after it: ONNX Runtime fuses an
-        activation into the convolution only where it follows it directly."""
+        """One node of the model on the chunk's patches.  The output of a channels-first op (and of the
+        element-wise ops after it) is kept channels first; `value` lays it out channels last where it
+        is read.  ONNX Runtime fuses an activation into a convolution only where it follows directly."""
         b, node, out = self.b, step.node, step.node.output[0]
         source = node.input[0]
         first = node.op_type in CHANNELS_FIRST or (node.op_type in POINTWISE and source in self.first)
@@ -195,6 +209,8 @@ class PatchedChunk:
         patch = self.region.patches[tensor]
         rows, cols = patch.rows, patch.cols
         whole = Read(tensor, np.zeros_like(rows.lo), rows.size, np.zeros_like(cols.lo), cols.size)
+        if patch.full and patch.layout == NCHW and tensor in self.first:
+            return self.first[tensor]
         full = self.value(tensor) if patch.full else self.read(whole, patch)
         if patch.layout == NHWC:
             return full
@@ -202,8 +218,8 @@ class PatchedChunk:
 
     def constant(self, name: str, perm: list[int] | None = None, rank: int = 4) -> str:
         """A model tensor that does not depend on the image, copied into the loop body once; with
-        `perm`, raised to rank 4 and transposed by it (a per-channel operand of an NCHW tensor, laid
-        out as the patches are)."""
+        `perm`, raised to rank 4 and transposed by it (a per-channel operand of a tensor not kept
+        channels last, laid out as the patches are)."""
         if name == "":
             return ""
         key = name, None if perm is None else tuple(perm)

@@ -1,7 +1,7 @@
 """Occlusion sensitivity (Zeiler & Fergus 2014) as one ONNX graph around any classifier: the occluded
 batch is made in the graph, run through the model a chunk of windows at a time, and the score drops
 are spread back over the pixels.  The incremental plan runs the convolutional layers on the patches a
-window changes only (incremental.py); "auto" picks it when it saves a fifth of the FLOPs or more."""
+window changes only (incremental.py); "auto" picks it when it saves more than a fifth of the FLOPs."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _plan_value(text: str) -> bool | str:
                                                           "mean colour) or 'blur' (a Gaussian blur) (default 0)"),
                  Option("incremental", _plan_value, "auto", "auto, true or false: whether the convolutional layers "
                                                             "run on the changed patches only (auto: where that "
-                                                            "saves a fifth of the FLOPs or more)")))
+                                                            "saves more than a fifth of the FLOPs)")))
 def run_occlusion(model: Classifier, images: np.ndarray, targets: np.ndarray, settings: Settings, *,
                   window: int | Sequence[int], stride: int | Sequence[int], baseline: float | str,
                   incremental: bool | str) -> Outcome:
@@ -98,7 +98,7 @@ def occlusion_plan(model: str | Path | onnx.ModelProto | Classifier, *, window: 
     if window[0] > model.size[0] or window[1] > model.size[1]:
         raise ValueError(f"window {list(window)} is larger than the image {list(model.size)}")
     found = plan(model, (score_tensor(model, check_score(score)),), window, stride)
-    chosen = found.steps and found.flop_ratio < AUTO_RATIO if incremental == "auto" else bool(incremental)
+    chosen = found.patched and found.flop_ratio < AUTO_RATIO if incremental == "auto" else bool(incremental)
     return chosen, found
 
 
@@ -120,8 +120,8 @@ def occlusion(model: str | Path | onnx.ModelProto | Classifier, images: np.ndarr
         incremental: True runs the model's convolutional layers on the patches each window changes
             only, and the rest of the model (from global pooling, Flatten, Gemm or any op without a
             patch rule) on full tensors; the map is the same.  False runs the whole model on every
-            occluded image.  "auto" takes the incremental plan where it saves a fifth of the FLOPs or
-            more.
+            occluded image.  "auto" takes the incremental plan where it saves more than a fifth of
+            the FLOPs.
         targets, score, batch_size, providers: as for onnx_explain.explain.
 
     Returns:

@@ -120,7 +120,7 @@ class Step:
     """One node of the model run on patches: `reads` maps an input's index to how it is read (the
     other inputs are the model's constants); `attributes` replace the node's own (None drops one);
     `macs` per window; `relaid` maps a constant operand's index to its rank where it must be laid out
-    as the patches are (a per-channel constant of an NCHW tensor)."""
+    as the patches are (a per-channel constant of a tensor not kept channels last)."""
 
     node: onnx.NodeProto
     reads: dict[int, Read]
@@ -178,9 +178,9 @@ def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int]
     graph = model.model.graph
     shapes = _shapes(model)
     nodes = needed_nodes(graph, outputs, ())
-    static = static_tensors(graph, nodes)
+    static = _static(graph, nodes)
     allowed = nodes if within is None else [n for n in nodes if n.output[0] in within]
-    steps, patches = spread(model, allowed, static, window, rows, cols)
+    steps, patches = _spread(model, allowed, static, window, rows, cols)
     in_region = {id(s.node) for s in steps}
     read_outside = {i for n in nodes if id(n) not in in_region for i in (*n.input, *outer_names(n))} | set(outputs)
     frontier = tuple(t for t in patches if t in read_outside)
@@ -197,7 +197,7 @@ def _region(model: Classifier, outputs: tuple[str, ...], window: tuple[int, int]
                   full_peak)
 
 
-def spread(model: Classifier, nodes: list[onnx.NodeProto], static: set[str], window: tuple[int, int],
+def _spread(model: Classifier, nodes: list[onnx.NodeProto], static: set[str], window: tuple[int, int],
            rows: tuple[int, ...], cols: tuple[int, ...]) -> tuple[list[Step], dict]:
     """(steps, patches): the windows' patches carried through `nodes` in graph order, up to where a
     patch covers its map or no rule applies."""
@@ -362,7 +362,7 @@ def _attribute(node: onnx.NodeProto, name: str, default):
     return value.decode() if isinstance(value, bytes) else list(value) if isinstance(value, (list, tuple)) else value
 
 
-def static_tensors(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[str]:
+def _static(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> set[str]:
     """Tensors that do not depend on the image: initializers and what is computed from them alone."""
     static = {t.name for t in graph.initializer} | {""}
     for node in nodes:

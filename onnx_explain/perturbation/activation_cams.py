@@ -13,7 +13,7 @@ import onnx
 
 from onnx_explain.core.graph import Builder, needed_inputs, value
 from onnx_explain.core.result import Explanation, Map, rescaled_cams
-from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
+from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, leading_rows
 from onnx_explain.perturbation.classifier import LAYOUTS, Classifier, classifier, resolve_layer, tensor_shape
 from onnx_explain.perturbation.dispatch import explain
 from onnx_explain.perturbation.methods import REQUIRED, Option, Outcome, Settings, method
@@ -177,7 +177,7 @@ def _channel_loop(b: Builder, activations: str, budget: int, run_chunk) -> str:
         return [], [run_chunk(bb, ks, n)]
 
     stacked, = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT])
-    return b.op("Transpose", b.op("Slice", merge_leading(b, stacked), b.ints(0), channels), perm=[1, 0])
+    return b.op("Transpose", leading_rows(b, stacked, channels), perm=[1, 0])
 
 
 def _score_weights(b, model, layer, layer_layout, activations, base, explained, score, budget) -> str:

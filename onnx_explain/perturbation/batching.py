@@ -37,7 +37,7 @@ def run_model(b: Builder, model: Classifier, bindings: Mapping[str, str], output
         return [], inline(bb, graph, sliced, outputs, bb.fresh("model"))
 
     stacked = chunk_loop(b, trips, body, [], [TensorProto.FLOAT] * len(outputs))
-    return [b.op("Slice", merge_leading(b, s), b.ints(0), b.op("Unsqueeze", count, b.ints(0))) for s in stacked]
+    return [leading_rows(b, s, b.op("Unsqueeze", count, b.ints(0))) for s in stacked]
 
 
 def chunk_loop(b: Builder, trips: str, body: BodyFn, carried: Sequence[str],
@@ -84,10 +84,19 @@ def budget(model: Classifier, batch_size: int | None) -> int:
 def balanced_chunk(b: Builder, total: str, per_item: str, budget: int) -> tuple[str, str]:
     """(trips, chunk): `total` things in equal chunks, each chunk times `per_item` images within
     `budget` images when it can be (at least one thing per chunk), the last chunk padded least."""
-    one = b.const(1, "int64")
-    cap = b.op("Max", b.op("Div", b.const(budget, "int64"), per_item), one)
-    trips = ceil_div(b, total, cap)
+    trips = ceil_div(b, total, fitting(b, per_item, budget))
     return trips, ceil_div(b, total, trips)
+
+
+def fitting(b: Builder, per_item: str, budget: int) -> str:
+    """How many things of `per_item` images each fit in `budget` images (at least one)."""
+    return b.op("Max", b.op("Div", b.const(budget, "int64"), per_item), b.const(1, "int64"))
+
+
+def leading_rows(b: Builder, stacked: str, end: str) -> str:
+    """A Loop's stacked per-trip outputs [trips, chunk, ...] as [trips x chunk, ...], cut to rows [0, end)
+    (the last chunk's padding dropped); `end` is int64 [1]."""
+    return b.op("Slice", merge_leading(b, stacked), b.ints(0), end)
 
 
 def merge_leading(b: Builder, t: str) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnx_explain.core.graph import Builder, inline
-from onnx_explain.perturbation.batching import ceil_div, chunk_loop, clipped_range, merge_leading
+from onnx_explain.perturbation.batching import ceil_div, chunk_loop, clipped_range, fitting, leading_rows
 from onnx_explain.perturbation.blocks import Plan
 from onnx_explain.perturbation.classifier import Classifier
 from onnx_explain.perturbation.patches import NCHW, NHWC, POINTWISE, Patch, Read, Region, Step, stored
@@ -47,7 +47,7 @@ def clean_reads(regions: Sequence[Region]) -> list[str]:
 
 def padded_sources(b: Builder, regions: Sequence[Region], clean: dict[str, str]) -> dict[tuple, str]:
     """Before the loops: each clean tensor as every read pads it, channels last, [N x rows x cols, C]."""
-    patches = {t: p for region in reversed(regions) for t, p in region.patches.items()}
+    patches = regions[0].patches  # every block patches the same tensors, laid out alike
     sources = {}
     for tensor, pads, fill in _paddings(regions):
         patch = patches[regions[0].image if tensor == FILL else tensor]
@@ -68,9 +68,7 @@ def block_scores(b: Builder, model: Classifier, patched: Plan, sources: dict[tup
     takes the memory of `images` occluded images through the full model, or of one window of each
     block where that is more."""
     counts = [len(block.rows) * len(block.cols) for block in patched.blocks]
-    one = b.const(1, "int64")
-    fit = b.op("Max", b.op("Div", b.const(patched.windows_per_image(images), "int64"),
-                           b.op("Squeeze", n, b.ints(0))), one)  # windows of all N images per trip
+    fit = fitting(b, b.op("Squeeze", n, b.ints(0)), patched.windows_per_image(images))  # windows of N images
     fit = b.op("Min", fit, b.const(sum(counts), "int64"))
     trips = b.op("Gather", b.const(fewest_trips(counts), "int64"), fit)
     chunks = [ceil_div(b, b.const(count, "int64"), trips) for count in counts]
@@ -88,7 +86,7 @@ def block_scores(b: Builder, model: Classifier, patched: Plan, sources: dict[tup
         return [], bb.op("Split", scores, sizes, axis=0, outputs=len(chunks)) if len(chunks) > 1 else [scores]
 
     per_block = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT] * len(counts))
-    scores = [b.op("Slice", merge_leading(b, s), b.ints(0), b.ints(c)) for s, c in zip(per_block, counts, strict=True)]
+    scores = [leading_rows(b, s, b.ints(c)) for s, c in zip(per_block, counts, strict=True)]
     order = np.concatenate([block.windows(patched.columns) for block in patched.blocks])
     return b.op("Gather", b.op("Concat", *scores, axis=0), b.const(np.argsort(order), "int64"))
 
@@ -207,10 +205,10 @@ class PatchedChunk:
     def written_back(self, tensor: str) -> str:
         """A frontier tensor in full, in its own layout, for the rest of the model."""
         patch = self.region.patches[tensor]
+        if patch.full and patch.layout == NCHW and tensor in self.first:
+            return self.first[tensor]  # already as the model lays it out
         rows, cols = patch.rows, patch.cols
         whole = Read(tensor, np.zeros_like(rows.lo), rows.size, np.zeros_like(cols.lo), cols.size)
-        if patch.full and patch.layout == NCHW and tensor in self.first:
-            return self.first[tensor]
         full = self.value(tensor) if patch.full else self.read(whole, patch)
         if patch.layout == NHWC:
             return full

@@ -14,7 +14,7 @@ import onnx
 
 from onnx_explain.core.graph import Builder, value
 from onnx_explain.core.result import Explanation, Map
-from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, merge_leading
+from onnx_explain.perturbation.batching import balanced_chunk, budget, chunk_loop, clipped_range, leading_rows
 from onnx_explain.perturbation.blocks import Plan, plan
 from onnx_explain.perturbation.classifier import Classifier, classifier
 from onnx_explain.perturbation.dispatch import explain
@@ -195,7 +195,7 @@ def _full_scores(b: Builder, model: Classifier, rows: np.ndarray, cols: np.ndarr
         return [], [perturbed_scores(bb, model, occluded, n, explained, score)]  # [chunk, N]
 
     scores, = chunk_loop(b, trips, body, [], [onnx.TensorProto.FLOAT])
-    return b.op("Slice", merge_leading(b, scores), b.ints(0), b.ints(count))
+    return leading_rows(b, scores, b.ints(count))
 
 
 def _fill(baseline: object) -> float | str:

@@ -149,11 +149,6 @@ class Region:
         """The model's image input, the first tensor with patches."""
         return next(iter(self.patches))
 
-    @property
-    def flop_ratio(self) -> float:
-        """Incremental FLOPs / full FLOPs per window of this region."""
-        return self.incremental_macs / max(self.full_macs, 1)
-
     def windows_per_image(self, images: int) -> int:
         """Windows that take the memory of `images` occluded images through the full model (at least
         `images`): a chunk of patches is smaller than a batch of images."""
